@@ -1,0 +1,105 @@
+"""The runner: resume of finished seeds, the failure exit code, bad arguments, and `medcl --help`."""
+import json, os, subprocess, sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from medcl_nb.cli import find_chapters, main
+
+MEDCL = str(Path(sys.executable).parent/'medcl')  # the console script installed with the package
+
+PARAMS = "chapter = '{name}'\nprofile = 'smoke'\nseeds = [0]\ndevice = 'auto'"
+
+FAKE_BODY = """
+from medcl_nb.core import run_provenance
+from medcl_nb.report import save_seed_result, seeds_to_run, results_dir
+log = results_dir(chapter, profile).parent/'trained.log'
+for seed in seeds_to_run(chapter, profile, seeds):
+    {fail}
+    save_seed_result(chapter, profile, seed, {{'row': {{'accuracy': 0.5 + seed / 10}}}}, run_provenance(profile, [seed], 'cpu'))
+    with open(log, 'a') as f: f.write(f'{{seed}}\\n')
+"""
+
+
+def fake_chapter(project: Path, name: str, fail: str = 'pass') -> Path:
+    "A minimal chapter notebook: a tagged parameters cell, then a cell that 'trains' each missing seed."
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(f'# {name}'),
+                nbformat.v4.new_code_cell(PARAMS.format(name=name), metadata={'tags': ['parameters']}),
+                nbformat.v4.new_code_cell('import math  # a harmless cell'),
+                nbformat.v4.new_code_cell(FAKE_BODY.format(fail=fail))]
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    path = project/'nbs'/f'50_{name}.ipynb'
+    nbformat.write(nb, path)
+    return path
+
+
+def trained(project, name, profile='full'):
+    log = project/('figures' if profile == 'full' else 'runs/smoke')/name/'trained.log'
+    return [int(x) for x in log.read_text().split()] if log.exists() else []
+
+
+def test_chapters_are_found_by_their_parameters_cell(project):
+    fake_chapter(project, 'fake')
+    assert list(find_chapters()) == ['fake']
+
+
+def test_full_profile_resumes_finished_seeds(project):
+    fake_chapter(project, 'fake')
+    assert main(['reproduce', 'fake', '--profile', 'full', '--seeds', '0', '1', '--device', 'cpu']) == 0
+    assert trained(project, 'fake') == [0, 1]
+    assert main(['reproduce', 'fake', '--profile', 'full', '--seeds', '0', '1', '2', '--device', 'cpu']) == 0
+    assert trained(project, 'fake') == [0, 1, 2]  # 0 and 1 were not trained again
+    assert sorted(p.name for p in (project/'figures/fake/results').iterdir()) == ['seed0.json', 'seed1.json', 'seed2.json']
+    run = json.loads((project/'runs/full/last_run.json').read_text())
+    assert run[0]['seeds_run'] == [2] and run[0]['status'] == 'ok'
+    assert (project/'runs/full/executed/fake.ipynb').exists()
+
+
+def test_smoke_profile_writes_only_under_runs(project):
+    fake_chapter(project, 'fake')
+    assert main(['reproduce', 'fake', '--profile', 'smoke', '--device', 'cpu']) == 0
+    assert trained(project, 'fake', 'smoke') == [0]
+    assert not (project/'figures').exists()
+
+
+def test_failing_chapter_exits_nonzero_naming_chapter_and_cell(project, capsys):
+    fake_chapter(project, 'broken', fail="raise ValueError('the loss exploded')")
+    fake_chapter(project, 'fine')
+    assert main(['reproduce', 'broken', 'fine', '--profile', 'full', '--seeds', '0', '--device', 'cpu']) == 1
+    err = capsys.readouterr().err
+    assert "chapter 'broken' failed in cell" in err and 'ValueError: the loss exploded' in err
+    assert 'executed notebook kept at' in err
+    assert trained(project, 'fine') == [0]  # the other chapter still ran
+    assert not (project/'figures/broken/results').exists()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['reproduce', 'nope'], 'unknown chapter(s) nope'),
+    (['reproduce', '--profile', 'fast'], "invalid choice: 'fast'"),
+    (['reproduce', '--device', 'tpu'], "invalid choice: 'tpu'"),
+])
+def test_bad_arguments_are_clear_errors_and_write_nothing(project, args, message):
+    fake_chapter(project, 'fake')
+    r = subprocess.run([MEDCL, *args], capture_output=True, text=True,
+                       env={**os.environ, 'MEDCL_HOME': str(project)})
+    assert r.returncode == 2, r
+    assert message in r.stderr
+    assert sorted(p.name for p in project.iterdir()) == ['nbs', 'settings.ini']
+
+
+def test_cuda_on_a_machine_without_one(project, capsys):
+    import torch
+    if torch.cuda.is_available(): pytest.skip('this machine has a GPU')
+    fake_chapter(project, 'fake')
+    assert main(['reproduce', 'fake', '--device', 'cuda']) == 2
+    assert 'no CUDA GPU' in capsys.readouterr().err
+    assert not (project/'runs').exists()
+
+
+def test_help_explains_commands_and_profiles():
+    r = subprocess.run([MEDCL, '--help'], capture_output=True, text=True)
+    assert r.returncode == 0
+    for word in ('reproduce', 'data', 'smoke', 'full', 'MEDCL_DATA_MIRROR', 'resumes'):
+        assert word in r.stdout, word

@@ -1,0 +1,81 @@
+"""Data errors: missing file, corrupted byte, truncated file, unknown name, bad mirror; each says how to fix it."""
+import shutil
+from pathlib import Path
+
+import pytest
+from medmnist import INFO
+
+from medcl_nb.data import DataError, dataset_status, fetch_dataset, load_split
+
+MD5 = INFO['breastmnist']['MD5']
+
+
+def _error(fn) -> str:
+    with pytest.raises(DataError) as e: fn()
+    return str(e.value)
+
+
+def _says_how_to_fix(msg, cache):
+    for part in ('breastmnist.npz', MD5, INFO['breastmnist']['url'], str(Path(cache)/'breastmnist.npz')):
+        assert part in msg, (part, msg)
+
+
+def test_missing_file_without_mirror(tmp_path, monkeypatch):
+    monkeypatch.delenv('MEDCL_DATA_MIRROR', raising=False)
+    msg = _error(lambda: fetch_dataset('breastmnist', root=tmp_path, download=False))
+    assert 'missing' in msg
+    _says_how_to_fix(msg, tmp_path)
+
+
+def test_copies_from_mirror_and_verifies(tmp_path, monkeypatch, source):
+    monkeypatch.setenv('MEDCL_DATA_MIRROR', str(source))
+    assert fetch_dataset('breastmnist', root=tmp_path) == {'breastmnist.npz': MD5}
+    assert dataset_status('breastmnist', root=tmp_path)[0]['status'] == 'verified'
+
+
+def test_corrupted_byte_is_an_error_and_not_replaced(tmp_path, monkeypatch, source):
+    monkeypatch.setenv('MEDCL_DATA_MIRROR', str(source))
+    data = bytearray((source/'breastmnist.npz').read_bytes())
+    data[len(data)//2] ^= 0x01
+    (tmp_path/'breastmnist.npz').write_bytes(bytes(data))
+    msg = _error(lambda: load_split('breastmnist', 'train', root=tmp_path))
+    assert 'cached file' in msg and 'has md5' in msg
+    _says_how_to_fix(msg, tmp_path)
+    assert (tmp_path/'breastmnist.npz').read_bytes() == bytes(data)  # no silent re-download over it
+    assert dataset_status('breastmnist', root=tmp_path)[0]['status'] == 'wrong md5'
+
+
+def test_truncated_file_is_diagnosed(tmp_path, source):
+    (tmp_path/'breastmnist.npz').write_bytes((source/'breastmnist.npz').read_bytes()[:10_000])
+    msg = _error(lambda: fetch_dataset('breastmnist', root=tmp_path, download=False))
+    assert 'not a complete npz archive' in msg
+    _says_how_to_fix(msg, tmp_path)
+
+
+def test_corrupted_mirror_file_is_not_copied(tmp_path, monkeypatch, source):
+    mirror = tmp_path/'mirror'; mirror.mkdir()
+    data = bytearray((source/'breastmnist.npz').read_bytes()); data[100] ^= 0xFF
+    (mirror/'breastmnist.npz').write_bytes(bytes(data))
+    monkeypatch.setenv('MEDCL_DATA_MIRROR', str(mirror))
+    cache = tmp_path/'cache'
+    msg = _error(lambda: fetch_dataset('breastmnist', root=cache))
+    assert 'mirror file' in msg and str(mirror/'breastmnist.npz') in msg
+    assert not (cache/'breastmnist.npz').exists()
+
+
+def test_unknown_name_suggests_the_right_one(tmp_path):
+    msg = _error(lambda: load_split('pneumonia_mnist', 'train', root=tmp_path))
+    assert 'Unknown dataset' in msg and 'pneumoniamnist' in msg
+
+
+def test_mirror_that_is_not_a_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv('MEDCL_DATA_MIRROR', str(tmp_path/'nope'))
+    assert 'is not a folder' in _error(lambda: fetch_dataset('breastmnist', root=tmp_path))
+
+
+def test_splits_are_uint8_tensors(tmp_path, monkeypatch, source):
+    monkeypatch.setenv('MEDCL_DATA_MIRROR', str(source))
+    s = load_split('breastmnist', 'test', root=tmp_path)
+    assert s.images.dtype.is_floating_point is False and str(s.images.dtype) == 'torch.uint8'
+    assert tuple(s.images.shape) == (INFO['breastmnist']['n_samples']['test'], 1, 28, 28)
+    assert s.md5 == {'breastmnist.npz': MD5}

@@ -1,0 +1,38 @@
+"""The book itself: every notebook runs (smoke profile), the package is what the notebooks export, README is what
+index.ipynb renders, and committed notebooks carry no paths of anyone's machine."""
+import re, shutil, subprocess, sys
+from pathlib import Path
+
+from medcl_nb.cli import render_readme
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def test_every_notebook_runs_in_the_smoke_profile():
+    r = subprocess.run([str(BIN/'nbdev_test'), '--n_workers', '2', '--timing'], cwd=REPO, capture_output=True, text=True)
+    print(r.stdout[-5000:], r.stderr[-5000:])
+    assert r.returncode == 0, r.stderr[-5000:]
+
+
+def test_package_is_what_the_notebooks_export(tmp_path):
+    for name in ('settings.ini', 'nbs', 'medcl_nb'):
+        src = REPO/name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path/name)
+    subprocess.run([str(BIN/'nbdev_export')], cwd=tmp_path, check=True, capture_output=True)
+    exported = {p.relative_to(tmp_path/'medcl_nb'): p.read_text() for p in (tmp_path/'medcl_nb').glob('*.py')}
+    committed = {p.relative_to(REPO/'medcl_nb'): p.read_text() for p in (REPO/'medcl_nb').glob('*.py')}
+    assert exported.keys() == committed.keys()
+    stale = [str(k) for k in exported if exported[k] != committed[k]]
+    assert not stale, f"medcl_nb/ differs from the notebooks in {stale}: run nbdev_export and commit"
+
+
+def test_readme_is_generated_from_index():
+    text, _ = render_readme(REPO)
+    assert (REPO/'README.md').read_text() == text, "README.md is stale: run `medcl readme`"
+
+
+def test_notebooks_hold_no_machine_paths():
+    for nb in (REPO/'nbs').glob('*.ipynb'):
+        found = re.findall(r'/(?:root|home|tmp|work|Users)/[^"\s]+', nb.read_text())
+        assert not found, f"{nb.name} holds absolute paths {found[:3]}"
