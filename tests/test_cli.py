@@ -1,5 +1,5 @@
 """The runner: resume of finished seeds, the failure exit code, bad arguments, and `medcl --help`."""
-import json, os, subprocess, sys
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 
 import nbformat
@@ -103,3 +103,26 @@ def test_help_explains_commands_and_profiles():
     assert r.returncode == 0
     for word in ('reproduce', 'data', 'smoke', 'full', 'MEDCL_DATA_MIRROR', 'resumes'):
         assert word in r.stdout, word
+
+
+def test_corrupted_data_file_fails_the_chapter_with_the_fix_and_no_results(project, monkeypatch, capsys, source):
+    "A deliberately corrupted data file: the runner exits non-zero, says what is wrong and how to fix it, writes no result."
+    repo = Path(__file__).resolve().parent.parent
+    shutil.copy(repo/'nbs'/'10_tour.ipynb', project/'nbs')
+    cache = project/'cache'; cache.mkdir()
+    data = bytearray((source/'pneumoniamnist.npz').read_bytes()); data[4096] ^= 0x10
+    (cache/'pneumoniamnist.npz').write_bytes(bytes(data))
+    monkeypatch.setenv('MEDCL_DATA', str(cache))
+    assert main(['reproduce', 'tour', '--profile', 'smoke', '--device', 'cpu']) == 1
+    err = capsys.readouterr().err
+    assert "chapter 'tour' failed" in err and 'DataError' in err
+    assert 'expected md5: 28209eda62fecd6e6a2d98b1501bb15f' in err and 'zenodo' in err
+    assert not (project/'runs/smoke/tour/results').exists()
+
+
+def test_nbdev_clean_keeps_the_parameters_tag(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    for name in ('settings.ini', 'nbs'):
+        (shutil.copytree if (repo/name).is_dir() else shutil.copy)(repo/name, tmp_path/name)
+    subprocess.run([str(Path(sys.executable).parent/'nbdev_clean')], cwd=tmp_path, check=True, capture_output=True)
+    assert 'tour' in find_chapters(tmp_path/'nbs')
