@@ -126,3 +126,14 @@ def test_nbdev_clean_keeps_the_parameters_tag(tmp_path):
         (shutil.copytree if (repo/name).is_dir() else shutil.copy)(repo/name, tmp_path/name)
     subprocess.run([str(Path(sys.executable).parent/'nbdev_clean')], cwd=tmp_path, check=True, capture_output=True)
     assert 'tour' in find_chapters(tmp_path/'nbs')
+
+
+def test_data_verify_lists_every_file_and_fails_when_one_is_missing(tmp_path, monkeypatch, source):
+    monkeypatch.setenv('MEDCL_DATA', str(tmp_path))
+    monkeypatch.setenv('MEDCL_DATA_MIRROR', str(source))
+    r = subprocess.run([MEDCL, 'data', 'verify'], capture_output=True, text=True)
+    assert r.returncode == 1 and 'pneumoniamnist.npz' in r.stdout and 'missing' in r.stdout
+    assert 'run `medcl data fetch`' in r.stdout and '0 of 7 files verified' in r.stdout
+    assert subprocess.run([MEDCL, 'data', 'fetch'], capture_output=True, text=True).returncode == 0
+    r = subprocess.run([MEDCL, 'data', 'verify'], capture_output=True, text=True)
+    assert r.returncode == 0 and '7 of 7 files verified' in r.stdout, r.stdout
