@@ -36,3 +36,11 @@ def test_notebooks_hold_no_machine_paths():
     for nb in (REPO/'nbs').glob('*.ipynb'):
         found = re.findall(r'/(?:root|home|tmp|work|Users)/[^"\s]+', nb.read_text())
         assert not found, f"{nb.name} holds absolute paths {found[:3]}"
+
+
+def test_exported_modules_use_no_name_they_do_not_import():
+    "A name defined only in a notebook's test cells works in the notebook but breaks the package: pyflakes finds it."
+    r = subprocess.run([sys.executable, '-m', 'pyflakes', *map(str, sorted((REPO/'medcl_nb').glob('*.py')))],
+                       capture_output=True, text=True)
+    undefined = [l for l in r.stdout.splitlines() if 'undefined name' in l]
+    assert not undefined, '\n'.join(undefined)
