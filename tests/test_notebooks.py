@@ -44,3 +44,13 @@ def test_exported_modules_use_no_name_they_do_not_import():
                        capture_output=True, text=True)
     undefined = [l for l in r.stdout.splitlines() if 'undefined name' in l]
     assert not undefined, '\n'.join(undefined)
+
+
+def test_papermill_reads_every_chapter_parameter():
+    "papermill parses the parameters cell itself; a quote inside a comment can hide a parameter from it."
+    import papermill as pm
+    from medcl_nb.cli import find_chapters, parameters_cell
+    import nbformat
+    for name, path in find_chapters(REPO/'nbs').items():
+        ours = set(parameters_cell(nbformat.read(path, as_version=4)))
+        assert set(pm.inspect_notebook(str(path))) == ours, name
