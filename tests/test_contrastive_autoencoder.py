@@ -13,11 +13,11 @@ def test_warmup_loss_from_the_package():
     assert torch.isfinite(loss) and set(parts) == {'nt_xent', 'mse'}
 
 
-def test_conditional_decoder_starts_as_the_warmup_decoder():
+def test_conditional_decoder_depends_on_the_cluster():
     model = ContrastiveAutoencoder()
     h = torch.randn(3, 128)
     cond = ConditionalDecoder(model.decoder, n_clusters=4)
-    assert torch.allclose(cond(h, soft_assignment(h, torch.randn(4, 128))), model.decoder(h))
+    assert not torch.allclose(cond(h, torch.eye(4)[[0, 0, 0]]), cond(h, torch.eye(4)[[1, 1, 1]]))
 
 
 def test_random_resnet_substitute_is_named_and_frozen():
