@@ -1,0 +1,61 @@
+"""The LEARNER chapter's surrogates and losses, used from the package: properties over several seeds."""
+import pytest
+import torch
+
+from medcl_nb.simulators import (PAPER_SPLIT_PAIRS, make_cohort, render_brain, render_lus, identity_vs_severity,
+                                 change_label, SF_RANGE_EDGES)
+from medcl_nb.learner import score_contrastive_loss, score_neighbour_masks, temporal_shift
+
+
+@pytest.mark.parametrize('kind', ['lus', 'brain'])
+@pytest.mark.parametrize('seed', [0, 1, 2, 3])
+def test_cohort_has_the_papers_splits_and_is_patient_disjoint(kind, seed):
+    c = make_cohort(kind, seed=seed)
+    assert {s: int(c.pair_mask(s).sum()) for s in PAPER_SPLIT_PAIRS} == PAPER_SPLIT_PAIRS
+    patients = {s: set(c.patient[c.scan_mask(s)].tolist()) for s in PAPER_SPLIT_PAIRS}
+    assert not (patients['train'] & patients['val'] or patients['train'] & patients['test'] or patients['val'] & patients['test'])
+    # every pair is one patient, one zone, earlier -> later, and labelled from its two scores
+    a, b = c.pairs[:, 0], c.pairs[:, 1]
+    assert (c.patient[a] == c.patient[b]).all() and (c.zone[a] == c.zone[b]).all() and (c.day[a] < c.day[b]).all()
+    assert torch.equal(c.pair_label, change_label(c.score[a], c.score[b], c.edges))
+    assert set(c.pair_label.tolist()) == {0, 1, 2}
+
+
+def test_lus_cohort_matches_the_papers_scale():
+    c = make_cohort('lus', seed=5)
+    assert (c.n_patients, c.n_scans, len(c.pairs)) == (189, 718, 761)
+    assert c.edges == SF_RANGE_EDGES
+
+
+@pytest.mark.parametrize('kind', ['lus', 'brain'])
+def test_surrogates_keep_the_patient_identity_property(kind):
+    c = make_cohort(kind, seed=1)
+    clips = (render_lus if kind == 'lus' else render_brain)(c, None, 4, 32)
+    r = identity_vs_severity(c, clips)
+    assert r['identity'] > 0.8 and r['identity'] > 50 * r['identity_chance']
+    assert r['severity'] < 2.5 * r['severity_chance']
+
+
+def test_rendering_is_the_same_in_batches_and_alone():
+    c = make_cohort('lus', seed=0)
+    assert torch.equal(render_lus(c, torch.tensor([5, 9]), 4, 16), render_lus(c, None, 4, 16)[[5, 9]])
+
+
+def test_contrastive_loss_is_finite_and_differentiable_for_any_embeddings():
+    torch.manual_seed(0)
+    u = torch.randn(8, 16, requires_grad=True)
+    scores = torch.rand(8)
+    for weighted in (False, True):
+        for sim in ('cosine', 'l2'):
+            loss = score_contrastive_loss(torch.cat([u[:4], -u[:4]]), scores, weighted=weighted, similarity=sim)
+            loss.backward()
+            assert torch.isfinite(loss) and torch.isfinite(u.grad).all()
+            u.grad = None
+    pos, neg = score_neighbour_masks(scores)
+    assert (pos.sum(1) == 4).all() and (neg.sum(1) == 3).all()
+
+
+def test_temporal_shift_keeps_clips_apart():
+    x = torch.arange(2 * 3 * 8, dtype=torch.float32).view(6, 8, 1, 1)   # 2 clips of 3 frames
+    y = temporal_shift(x, frames=3)
+    assert y[2, 0] == 0 and y[3, 1] == 0          # nothing leaks from clip 0 into clip 1 or back
