@@ -1,0 +1,44 @@
+"""SimCLR/MICLe pieces from the package: MICLe's bag sampling, the natural-photo surrogate, augmentation switches."""
+import pytest
+import torch
+
+from medcl_nb.simclr_micle import (BagSampler, bags_from_ids, natural_crops, natural_photos, pretraining_augment,
+                                   SimCLRNet, NATURAL_PHOTOS)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_micle_pairs_stay_in_their_bag_and_differ_when_they_can(seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 20, (200,), generator=g)                # 20 patients, uneven numbers of images
+    bags = bags_from_ids(ids.tolist())
+    sampler = BagSampler(bags)
+    chosen = torch.randint(0, sampler.n_bags, (500,), generator=g)
+    a, b = sampler.pairs(chosen, g)
+    assert torch.equal(bags[a], chosen) and torch.equal(bags[b], chosen)
+    several = sampler.sizes[chosen] > 1
+    assert (a[several] != b[several]).all() and torch.equal(a[~several], b[~several])
+
+
+def test_bags_must_not_be_empty():
+    with pytest.raises(ValueError, match='no empty bag'):
+        BagSampler(torch.tensor([0, 0, 2]))
+
+
+def test_natural_crops_are_seeded_and_come_from_the_photos():
+    photos = natural_photos(side=64)
+    assert len(photos) == len(NATURAL_PHOTOS)
+    x1, s1 = natural_crops(photos, 32, seed=3)
+    x2, s2 = natural_crops(photos, 32, seed=3)
+    assert torch.equal(x1, x2) and torch.equal(s1, s2) and int(s1.max()) < len(photos)
+    assert not torch.equal(x1, natural_crops(photos, 32, seed=4)[0])
+
+
+def test_chest_pipeline_switches():
+    assert pretraining_augment('chest').config.blur_p == 0 and pretraining_augment('chest').config.hflip_p > 0
+    assert pretraining_augment('colour', flips=False).config.hflip_p == 0
+
+
+def test_simclr_net_accepts_grey_and_colour_uint8():
+    net = SimCLRNet('resnet18')
+    for c in (1, 3):
+        assert net(torch.randint(0, 255, (2, c, 28, 28), dtype=torch.uint8)).shape == (2, 128)
