@@ -57,3 +57,19 @@ def test_papermill_reads_every_chapter_parameter():
     for name, path in find_chapters(REPO/'nbs').items():
         ours = set(parameters_cell(nbformat.read(path, as_version=4)))
         assert set(pm.inspect_notebook(str(path))) == ours, name
+
+
+def test_no_cell_mixes_imports_with_other_code():
+    "nbdev's docs processing executes every cell that imports something; such a cell must do nothing else."
+    import warnings
+    from nbdev.process import NBProcessor
+    from nbdev.processors import _do_eval
+    mixed = []
+    for nb in sorted((REPO/'nbs').glob('*.ipynb')):
+        for cell in NBProcessor(nb).nb.cells:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter('always')
+                _do_eval(cell)
+            if any('imports and other code' in str(w.message) for w in caught):
+                mixed.append(f"{nb.name} cell {cell.idx_}: {cell.source.splitlines()[0][:60]}")
+    assert not mixed, 'split the imports into a cell of their own:\n' + '\n'.join(mixed)
