@@ -1,9 +1,9 @@
-"""SimCLR/MICLe pieces from the package: MICLe's bag sampling, the natural-photo surrogate, augmentation switches."""
+"""SimCLR/MICLe pieces from the package (medcl_nb.simclr, and the chapter's medcl_nb.simclr_micle): MICLe's bag sampling, the natural-photo surrogate, augmentation switches."""
 import pytest
 import torch
 
-from medcl_nb.simclr_micle import (BagSampler, bags_from_ids, natural_crops, natural_photos, pretraining_augment,
-                                   SimCLRNet, NATURAL_PHOTOS)
+from medcl_nb.simclr import BagSampler, bags_from_ids, pretraining_augment, SimCLRNet
+from medcl_nb.simclr_micle import natural_crops, natural_photos, NATURAL_PHOTOS
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
