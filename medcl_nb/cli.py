@@ -109,20 +109,20 @@ def reproduce(chapters=None, profile='auto', seeds=None, device='auto', stream=T
         print(f"medcl: unknown chapter(s) {', '.join(unknown)}; known chapters: {', '.join(known) or 'none'}", file=sys.stderr)
         return 2
     if profile not in ('auto', *PROFILES):
-        print(f"medcl: unknown profile {profile!r}; use auto, smoke or full", file=sys.stderr); return 2
+        print(f"medcl: unknown profile {profile!r}; use auto, {', '.join(PROFILES)}", file=sys.stderr); return 2
     if seeds is not None and any(int(s) < 0 for s in seeds):
         print(f"medcl: seeds must be non-negative integers, got {list(seeds)}", file=sys.stderr); return 2
     try: get_device(device)
     except (ValueError, RuntimeError) as e: print(f"medcl: {e}", file=sys.stderr); return 2
     profile = resolve_profile(profile, device)
-    seeds = [int(s) for s in (seeds if seeds is not None else by_profile(profile, [0], [0, 1, 2]))]
+    seeds = [int(s) for s in (seeds if seeds is not None else by_profile(profile, smoke=[0], reduced=[0, 1, 2], full=[0, 1, 2]))]
     if profile == 'smoke': print(SMOKE_WARNING)
     out_dir = runs_dir()/profile/'executed'
     report, failures = [], []
     for name in chapters:
         todo = seeds_to_run(name, profile, seeds)
         done = [s for s in seeds if s not in todo]
-        parts = profile == 'full' and any('-' in p.stem for p in (output_dir(name, profile)/'results').glob('seed*.json'))
+        parts = profile != 'smoke' and any('-' in p.stem for p in (output_dir(name, profile)/'results').glob('seed*.json'))
         print(f"== {name} ({known[name].name}): profile {profile}, seeds {seeds}"
               + (f"; seeds {done} already finished, running {todo or 'none (re-rendering tables)'}" if done else '')
               + ('; results are saved per part (dataset, variant): the notebook resumes each part' if parts else ''), flush=True)
@@ -144,7 +144,7 @@ def reproduce(chapters=None, profile='auto', seeds=None, device='auto', stream=T
     if failures:
         print(f"medcl: {len(failures)} of {len(chapters)} chapter(s) failed:\n" + '\n'.join(failures), file=sys.stderr)
         return 1
-    if profile == 'full': print("Full results updated: run `medcl readme` to refresh README's results overview.")
+    if profile != 'smoke': print(f"{profile.capitalize()} results updated: run `medcl readme` to refresh README's results overview.")
     return 0
 
 # %% ../nbs/06_cli.ipynb #ea46a357

@@ -15,23 +15,23 @@ import torch
 
 # %% auto #0
 __all__ = ['PROFILES', 'DEVICES', 'LIBRARIES', 'check_profile', 'by_profile', 'seed_everything', 'seeded_rng', 'get_device',
-           'device_name', 'project_root', 'data_dir', 'figures_dir', 'runs_dir', 'output_dir', 'atomic_open',
-           'atomic_write_text', 'atomic_write_bytes', 'atomic_write_json', 'md5sum', 'library_versions', 'git_state',
-           'RunTimer', 'run_provenance']
+           'device_name', 'project_root', 'data_dir', 'figures_dir', 'runs_dir', 'output_dir', 'committed_profiles',
+           'atomic_open', 'atomic_write_text', 'atomic_write_bytes', 'atomic_write_json', 'md5sum', 'library_versions',
+           'git_state', 'RunTimer', 'run_provenance']
 
 # %% ../nbs/00_core.ipynb #0cb2d849
-PROFILES = ('smoke', 'full')
+PROFILES = ('smoke', 'reduced', 'full')   # from smallest to largest
 
 def check_profile(profile: str) -> str:
     "Return `profile` if it is one of `PROFILES`, otherwise raise a `ValueError` that lists the valid ones."
     if profile not in PROFILES:
-        raise ValueError(f"Unknown profile {profile!r}: use one of {', '.join(PROFILES)} "
-                         "(smoke = tiny CPU check, full = the paper's protocol).")
+        raise ValueError(f"Unknown profile {profile!r}: use one of {', '.join(PROFILES)} (smoke = tiny CPU check, "
+                         "reduced = the paper's protocol scaled down for a CPU, full = the paper's protocol).")
     return profile
 
-def by_profile(profile: str, smoke, full):
-    "Pick the value for `profile`: `by_profile('smoke', smoke=1, full=100)` is 1."
-    return smoke if check_profile(profile) == 'smoke' else full
+def by_profile(profile: str, *, smoke, reduced, full):
+    "Pick the value for `profile`: `by_profile('reduced', smoke=1, reduced=20, full=100)` is 20."
+    return {'smoke': smoke, 'reduced': reduced, 'full': full}[check_profile(profile)]
 
 # %% ../nbs/00_core.ipynb #13cd6ad4
 def seed_everything(seed: int, deterministic: bool = False) -> int:
@@ -110,7 +110,7 @@ def data_dir() -> Path:
     return project_root()/'data'
 
 def figures_dir(chapter: str) -> Path:
-    "Committed artefacts of a chapter's full runs: `<root>/figures/<chapter>`."
+    "Committed artefacts of a chapter's reduced and full runs: `<root>/figures/<chapter>` (one folder per profile inside)."
     return project_root()/'figures'/chapter
 
 def runs_dir() -> Path:
@@ -118,8 +118,13 @@ def runs_dir() -> Path:
     return project_root()/'runs'
 
 def output_dir(chapter: str, profile: str) -> Path:
-    "Where a chapter writes tables and figures: `figures/<chapter>` in full, `runs/smoke/<chapter>` in smoke."
-    return figures_dir(chapter) if check_profile(profile) == 'full' else runs_dir()/'smoke'/chapter
+    "Where a chapter writes tables and figures: `figures/<chapter>/<profile>` (reduced, full), `runs/smoke/<chapter>` (smoke)."
+    return runs_dir()/'smoke'/chapter if check_profile(profile) == 'smoke' else figures_dir(chapter)/profile
+
+def committed_profiles(chapter: str, root: str | Path | None = None) -> list[str]:
+    "The profiles with committed results (a `results/` folder holding `seed*.json`) for `chapter`, smallest first."
+    base = (Path(root) if root else project_root())/'figures'/chapter
+    return [p for p in PROFILES[1:] if any((base/p/'results').glob('seed*.json'))]
 
 # %% ../nbs/00_core.ipynb #79e226e4
 @contextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import project_root
+from .core import committed_profiles, project_root
 
 # %% auto #0
 __all__ = ['SHOW_RESULTS_CALL', 'PAGE_STYLE', 'MATHJAX', 'markdown_table_html', 'committed_files', 'committed_results_html',
@@ -39,7 +39,7 @@ def markdown_table_html(md: str) -> str | None:
 def _provenance_html(summary: dict) -> str:
     seeds = ', '.join(str(s) for s in summary.get('seeds', []))
     commits = ', '.join(c[:10] for c in summary.get('git_commit', []) if c)
-    return ('<p class="provenance"><strong>Committed full results</strong>: '
+    return (f'<p class="provenance"><strong>Committed {html.escape(summary.get("profile", ""))} results</strong>: '
             f"profile <code>{html.escape(summary.get('profile', ''))}</code>, seeds {html.escape(seeds)}; "
             f"data: {html.escape(summary.get('data', ''))}; device: {html.escape(', '.join(summary.get('devices', [])))}; "
             f"git commit {html.escape(commits)}. Status: {html.escape(summary.get('status', ''))}.</p>")
@@ -57,22 +57,24 @@ def _committed_provenance(folder: Path) -> dict:
             'status': f'{len(results)} saved result(s)'}
 
 def committed_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    "The tables (CSV, `table*` first) and figures (PNG) committed in a `figures/<chapter>/` folder; both empty: no full results."
+    "The tables (CSV, `table*` first) and figures (PNG) committed in a `figures/<chapter>/<profile>/` folder; both empty: none."
     return (sorted(folder.glob('*.csv'), key=lambda p: (not p.stem.startswith('table'), p.stem)),
             sorted(folder.glob('*.png')))
 
 def committed_results_html(chapter: str, root: str | Path | None = None) -> str:
-    "One HTML block with the provenance, tables and figures committed in `figures/<chapter>/` (or a line saying there are none)."
+    "One HTML block: provenance, tables and figures of the largest committed profile of `figures/<chapter>/` (or a line saying there are none)."
     if not re.fullmatch(r'\w+', chapter):
         raise ValueError(f"chapter {chapter!r} is not a chapter name: use the folder name under figures/, e.g. 'contrastive_autoencoder'")
-    folder = (Path(root) if root else project_root())/'figures'/chapter
-    head = f'<div class="committed-results" data-chapter="{chapter}">'
+    profiles = committed_profiles(chapter, root)
+    profile = profiles[-1] if profiles else 'reduced'
+    folder = (Path(root) if root else project_root())/'figures'/chapter/profile
+    head = f'<div class="committed-results" data-chapter="{chapter}" data-profile="{profile if profiles else "none"}">'
     tables, figures = committed_files(folder)
-    if not tables and not figures:
-        return (head + '<p class="no-results"><strong>No full results are committed for this chapter yet.</strong> '
-                'Its smoke profile is tested on every change; '
-                f'<code>medcl reproduce {chapter} --profile full</code> writes the full results to '
-                f'<code>figures/{chapter}/</code>, and this cell shows them from then on.</p></div>')
+    if not profiles or (not tables and not figures):
+        return (head + '<p class="no-results"><strong>No reduced or full results are committed for this chapter yet.'
+                '</strong> Its smoke profile is tested on every change; '
+                f'<code>medcl reproduce {chapter} --profile reduced</code> (a CPU, about an hour) writes results to '
+                f'<code>figures/{chapter}/reduced/</code>, and this cell shows them from then on.</p></div>')
     parts = [head, _provenance_html(_committed_provenance(folder))]
     for csv in tables:
         md = csv.with_suffix('.md')
@@ -83,14 +85,14 @@ def committed_results_html(chapter: str, root: str | Path | None = None) -> str:
         parts += [f'<h4 class="results-title">{html.escape(_table_title(md_text, csv))}</h4>', table]
     for png in figures:
         data = base64.b64encode(png.read_bytes()).decode('ascii')
-        caption = html.escape(f'figures/{chapter}/{png.name}')
+        caption = html.escape(f'figures/{chapter}/{profile}/{png.name}')
         parts.append(f'<figure class="results-figure"><img src="data:image/png;base64,{data}" alt="{caption}" '
                      f'style="max-width:100%"><figcaption>{caption}</figcaption></figure>')
     return '\n'.join(parts + ['</div>'])
 
 # %% ../nbs/06b_docs.ipynb #f9f9b6b1
 def show_committed_results(chapter: str, root: str | Path | None = None):
-    "Display what `figures/<chapter>/` holds: provenance, tables and figures of the committed full run."
+    "Display what `figures/<chapter>/` holds: provenance, tables and figures of its largest committed profile."
     from IPython.display import HTML, display
     display(HTML(committed_results_html(chapter, root)))
 

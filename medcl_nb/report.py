@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import atomic_write_bytes, atomic_write_json, atomic_write_text, check_profile, output_dir, project_root
+from .core import (PROFILES, atomic_write_bytes, atomic_write_json, atomic_write_text, check_profile, output_dir,
+                           project_root)
 
 # %% auto #0
 __all__ = ['DISPLAY_COLUMNS', 'PaperRegistry', 'results_dir', 'save_seed_result', 'finished_seeds', 'seeds_to_run',
@@ -47,7 +48,7 @@ class PaperRegistry:
 
 # %% ../nbs/05_report.ipynb #3a8b4cf3
 def results_dir(chapter: str, profile: str) -> Path:
-    "`figures/<chapter>/results` (full) or `runs/smoke/<chapter>/results` (smoke)."
+    "`figures/<chapter>/<profile>/results` (reduced, full) or `runs/smoke/<chapter>/results` (smoke)."
     return output_dir(chapter, profile)/'results'
 
 def _result_name(seed: int, part: str | None) -> str:
@@ -74,7 +75,7 @@ def finished_seeds(chapter: str, profile: str, part: str | None = None) -> list[
     return sorted(int(m.group(1)) for p in d.glob('seed*.json') if (m := pattern.fullmatch(p.name))) if d.is_dir() else []
 
 def seeds_to_run(chapter: str, profile: str, seeds, part: str | None = None) -> list[int]:
-    "The seeds still to run: in full, those without a saved result (resume); in smoke, all of them (smoke never resumes)."
+    "The seeds still to run: in reduced and full, those without a saved result (resume); in smoke, all of them (smoke never resumes)."
     seeds = [int(s) for s in seeds]
     if check_profile(profile) == 'smoke': return seeds
     done = set(finished_seeds(chapter, profile, part))
@@ -174,10 +175,10 @@ def claim_verdict(table: pd.DataFrame, better: str, worse: str, metric: str) -> 
 
 # %% ../nbs/05_report.ipynb #53f50b72
 def write_summary(paper: PaperRegistry, results: list[dict], title: str, data: str, status: str = '') -> Path | None:
-    "Write `figures/<chapter>/summary.json` for the book overview (full profile only; returns None for smoke)."
+    "Write `figures/<chapter>/<profile>/summary.json` for the book overview (reduced and full; returns None for smoke)."
     if not results: return None
     profile = results[0]['profile']
-    if profile != 'full': return None
+    if profile == 'smoke': return None
     table = comparison_table(paper, results)
     row, metric = paper.headline or next(((r['row'], r['metric']) for _, r in table.iterrows() if r['n']), (None, None))
     if row is None: return None  # no row has a result yet: nothing to summarise
@@ -186,15 +187,18 @@ def write_summary(paper: PaperRegistry, results: list[dict], title: str, data: s
                'seeds': sorted({r['seed'] for r in results}),
                'headline': {'row': row, 'metric': metric, 'paper': line['paper'], 'ours': line['ours'],
                             'delta': line['delta'], 'note': line['note']},
-               'status': status or f"full run, {len({r['seed'] for r in results})} seeds",
+               'status': status or f"{profile} run, {len({r['seed'] for r in results})} seeds",
                'git_commit': sorted({r['provenance'].get('git_commit') or '' for r in results}),
                'devices': sorted({r['provenance'].get('device') or '' for r in results})}
-    return atomic_write_json(output_dir(paper.chapter, 'full')/'summary.json', summary)
+    return atomic_write_json(output_dir(paper.chapter, profile)/'summary.json', summary)
 
 def book_overview(root: str | Path | None = None, planned: dict | None = None) -> str:
-    "Markdown table of every chapter's committed full results (`figures/*/summary.json`), plus a line for each `planned` chapter without them."
+    "Markdown table of every chapter's largest committed profile (`figures/*/<profile>/summary.json`), plus a line for each `planned` chapter without one."
     root = Path(root) if root else project_root()
-    summaries = [json.loads(p.read_text(encoding='utf-8')) for p in sorted((root/'figures').glob('*/summary.json'))]
+    largest = {}   # chapter -> the summary of its largest committed profile
+    for profile in PROFILES[1:]:
+        for p in sorted((root/'figures').glob(f'*/{profile}/summary.json')): largest[p.parent.parent.name] = p
+    summaries = [json.loads(p.read_text(encoding='utf-8')) for _, p in sorted(largest.items())]
     lines = [{'chapter': s['chapter'], 'compared with': s['source'], 'data': s['data'], 'profile': s['profile'],
               'seeds': len(s['seeds']), 'device': ', '.join(s['devices']),
               'headline': f"{s['headline']['row']}: {s['headline']['metric']}",
@@ -202,7 +206,7 @@ def book_overview(root: str | Path | None = None, planned: dict | None = None) -
               'status': s['status']} for s in summaries]
     done = {s['chapter'] for s in summaries}
     lines += [{'chapter': chapter, 'compared with': source, 'data': data, 'profile': '', 'seeds': 0, 'device': '',
-               'headline': '', 'paper': '', 'ours': '', 'Δ': '', 'status': 'smoke-tested; no full results committed yet'}
+               'headline': '', 'paper': '', 'ours': '', 'Δ': '', 'status': 'smoke-tested; not run in reduced or full yet'}
               for chapter, (source, data) in (planned or {}).items() if chapter not in done]
-    if not lines: return '_No full results are committed yet: run `medcl reproduce --profile full` on a GPU._\n'
+    if not lines: return '_No reduced or full results are committed yet: run `medcl reproduce --profile reduced`._\n'
     return markdown_table(pd.DataFrame(lines))

@@ -36,7 +36,7 @@ def fake_chapter(project: Path, name: str, fail: str = 'pass') -> Path:
 
 
 def trained(project, name, profile='full'):
-    log = project/('figures' if profile == 'full' else 'runs/smoke')/name/'trained.log'
+    log = (project/'runs/smoke'/name if profile == 'smoke' else project/'figures'/name/profile)/'trained.log'
     return [int(x) for x in log.read_text().split()] if log.exists() else []
 
 
@@ -51,7 +51,7 @@ def test_full_profile_resumes_finished_seeds(project):
     assert trained(project, 'fake') == [0, 1]
     assert main(['reproduce', 'fake', '--profile', 'full', '--seeds', '0', '1', '2', '--device', 'cpu']) == 0
     assert trained(project, 'fake') == [0, 1, 2]  # 0 and 1 were not trained again
-    assert sorted(p.name for p in (project/'figures/fake/results').iterdir()) == ['seed0.json', 'seed1.json', 'seed2.json']
+    assert sorted(p.name for p in (project/'figures/fake/full/results').iterdir()) == ['seed0.json', 'seed1.json', 'seed2.json']
     run = json.loads((project/'runs/full/last_run.json').read_text())
     assert run[0]['seeds_run'] == [2] and run[0]['status'] == 'ok'
     assert (project/'runs/full/executed/fake.ipynb').exists()
@@ -72,7 +72,7 @@ def test_failing_chapter_exits_nonzero_naming_chapter_and_cell(project, capsys):
     assert "chapter 'broken' failed in cell" in err and 'ValueError: the loss exploded' in err
     assert 'executed notebook kept at' in err
     assert trained(project, 'fine') == [0]  # the other chapter still ran
-    assert not (project/'figures/broken/results').exists()
+    assert not (project/'figures/broken/full/results').exists()
 
 
 @pytest.mark.parametrize('args, message', [

@@ -76,10 +76,13 @@ def test_chapter_page_shows_its_committed_results(site, browser, chapter):
     assert browser.find_element(By.CSS_SELECTOR, 'h1.title').text.strip()
     block = browser.find_element(By.CSS_SELECTOR, f'.committed-results[data-chapter="{chapter}"]')
     from medcl_nb.docs import committed_files
-    tables_committed, figures_committed = committed_files(project_root()/'figures'/chapter)
+    from medcl_nb.core import committed_profiles
+    profiles = committed_profiles(chapter)
+    tables_committed, figures_committed = (committed_files(project_root()/'figures'/chapter/profiles[-1])
+                                           if profiles else ([], []))
     if not tables_committed and not figures_committed:
-        # Nothing committed yet (these chapters wait for a GPU run): the page must say so, not show an empty block.
-        assert 'No full results are committed' in block.find_element(By.CSS_SELECTOR, '.no-results').text
+        # Nothing committed yet: the page must say so, not show an empty block.
+        assert 'No reduced or full results are committed' in block.find_element(By.CSS_SELECTOR, '.no-results').text
         return
     tables = block.find_elements(By.CSS_SELECTOR, 'table.results-table')
     assert tables and all(t.is_displayed() for t in tables)
@@ -98,5 +101,9 @@ def test_every_results_folder_belongs_to_a_chapter():
     # A folder under figures/ that no chapter page shows would be results nobody can find in the docs.
     folders = {p.name for p in (project_root()/'figures').iterdir() if p.is_dir()}
     assert folders <= set(find_chapters()), folders - set(find_chapters())
-    summaries = {json.loads(p.read_text())['chapter'] for p in (project_root()/'figures').glob('*/summary.json')}
+    summaries = {json.loads(p.read_text())['chapter'] for p in (project_root()/'figures').glob('*/*/summary.json')}
     assert summaries <= folders
+    # Inside a chapter's folder only one folder per committed profile: a table never mixes profiles.
+    for chapter in folders:
+        inside = {p.name for p in (project_root()/'figures'/chapter).iterdir()}
+        assert inside <= {'reduced', 'full'}, f'figures/{chapter}/ holds {sorted(inside)}: only reduced/ and full/ belong there'

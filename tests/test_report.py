@@ -33,7 +33,7 @@ def test_table_matches_the_hand_computed_example(project):
     csv = pd.read_csv(paths['csv'])
     assert csv['ours'].tolist() == ['0.830 ± 0.030 (n=3)', '0.900 ± 0.000 (n=3)', '0.720 ± 0.020 (n=3)']
     assert [round(x, 6) for x in csv['mean']] == [0.83, 0.9, 0.72]
-    assert paths['md'] == project/'figures'/'example'/'table1.md'
+    assert paths['md'] == project/'figures'/'example'/'full'/'table1.md'
 
 
 def test_one_seed_shows_no_sd(project):
