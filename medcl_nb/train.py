@@ -5,7 +5,7 @@
 # %% ../nbs/04_train.ipynb #3140f37b
 from __future__ import annotations
 import math, os, random, sys, time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,8 @@ from .core import get_device, atomic_open
 # %% auto #0
 __all__ = ['PROGRESS_MODES', 'SCHEDULER_INTERVALS', 'epoch_generator', 'batch_indices', 'autocast_context', 'needs_grad_scaler',
            'NonFiniteLossError', 'check_finite_loss', 'resolve_progress_mode', 'Progress', 'capture_rng_state',
-           'restore_rng_state', 'save_checkpoint', 'load_checkpoint', 'fit']
+           'restore_rng_state', 'save_checkpoint', 'load_checkpoint', 'PlanMeasurement', 'measuring_plan',
+           'plan_active', 'plan_epochs', 'plan_batches', 'add_epoch_end_cost', 'fit']
 
 # %% ../nbs/04_train.ipynb #159c914d
 def epoch_generator(seed: int, epoch: int, device: str | torch.device = 'cpu') -> torch.Generator:
@@ -191,6 +192,61 @@ def load_checkpoint(path: str | Path) -> dict:
     "Load a checkpoint onto the CPU (`fit` moves the states to the model's device) with `weights_only=True`."
     return torch.load(path, map_location='cpu', weights_only=True)
 
+# %% ../nbs/04_train.ipynb #b8d9c689
+class PlanMeasurement:
+    "The estimates recorded by the training loops that ran inside one `measuring_plan()` block."
+    def __init__(self, steps: int = 3):
+        if steps < 1: raise ValueError(f"a plan needs at least 1 timed step, got {steps}")
+        self.steps, self.loops = steps, []
+    @property
+    def estimated_s(self) -> float: return sum(l['est_s'] for l in self.loops)
+    @property
+    def spent_s(self) -> float: return sum(l['spent_s'] for l in self.loops)
+
+_PLAN: PlanMeasurement | None = None
+
+@contextmanager
+def measuring_plan(steps: int = 3):
+    "Inside the block, training loops time `steps` real steps (after one warm-up step) and record an estimate."
+    global _PLAN
+    if _PLAN is not None: raise RuntimeError("measuring_plan blocks do not nest")
+    _PLAN = PlanMeasurement(steps)
+    try: yield _PLAN
+    finally: _PLAN = None
+
+def plan_active() -> bool:
+    "True inside `measuring_plan()`."
+    return _PLAN is not None
+
+def plan_epochs(epochs: int) -> int:
+    "The number of epochs a loop should run: `epochs`, or at most 1 inside `measuring_plan()`."
+    return min(epochs, 1) if _PLAN is not None else epochs
+
+# %% ../nbs/04_train.ipynb #e7a279e4
+def plan_batches(batches, epochs: int, desc: str = 'loop'):
+    "Yield from `batches`; inside `measuring_plan()` stop after 1 + `steps` of them and record the loop's estimate."
+    if _PLAN is None: yield from batches; return
+    it, stamps = iter(batches), []
+    t_start = time.perf_counter()
+    for batch in it:
+        stamps.append(time.perf_counter())           # the consumer's previous step ended here
+        if len(stamps) > _PLAN.steps + 1: break
+        yield batch
+    else: stamps.append(time.perf_counter())
+    timed = np.diff(stamps[1:])                      # steps 2 .. steps+1: the first step is a warm-up
+    stopped = len(stamps) > _PLAN.steps + 1          # stopped early: the last stamp is a batch pulled, not trained
+    total = len(stamps) + sum(1 for _ in it) if stopped else len(stamps) - 1
+    per_step = float(timed.mean()) if len(timed) else float(stamps[-1] - stamps[0])
+    record = {'desc': desc, 'epochs': int(epochs), 'steps_per_epoch': int(total), 's_per_step': per_step,
+              'epoch_end_s': 0.0, 'est_s': epochs * total * per_step, 'spent_s': time.perf_counter() - t_start}
+    _PLAN.loops.append(record)
+
+def add_epoch_end_cost(seconds: float):
+    "Inside `measuring_plan()`: charge `seconds` of per-epoch work (e.g. validation) to every epoch of the last loop."
+    if _PLAN is None or not _PLAN.loops: return
+    last = _PLAN.loops[-1]
+    last['epoch_end_s'] += seconds; last['est_s'] += last['epochs'] * seconds; last['spent_s'] += seconds
+
 # %% ../nbs/04_train.ipynb #a4b9ad28
 SCHEDULER_INTERVALS = ('epoch', 'step')
 _HISTORY_KEYS = ('epoch', 'loss', 'lr', 'steps', 'seconds', 'samples', 'samples_per_s')
@@ -218,6 +274,8 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_on and needs_grad_scaler(amp_dtype))
     history, start, global_step = [], 0, 0
     resumed_from = None
+    planning = plan_active()
+    if planning: checkpoint_path = None     # a plan trains a few steps: it neither resumes nor saves a checkpoint
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path)
         if state.get('epochs') != epochs or state.get('amp_dtype') != str(amp_dtype):
@@ -239,11 +297,11 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
             done = ' (already finished)' if start >= epochs else f'; continuing with epoch {start + 1}'
             reporter.write(f"{desc}: resumed from {checkpoint_path} after epoch {start}/{epochs}{done}")
         if start >= epochs: return history
-        for epoch in range(start, epochs):
+        for epoch in range(start, start + plan_epochs(epochs - start)):
             model.train()  # every epoch: an on_epoch_end that evaluates may have left the model in eval mode
             t0 = time.perf_counter()
             loss_sum, steps, samples, extra_sums = 0.0, 0, 0, {}
-            for batch in batches(epoch):
+            for batch in plan_batches(batches(epoch), epochs - start, desc):
                 steps += 1; global_step += 1
                 lr = optimizer.param_groups[0]['lr']
                 optimizer.zero_grad(set_to_none=True)
@@ -272,7 +330,9 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
                       'lr': lr, 'steps': steps, 'seconds': seconds}
             if samples is not None: record.update(samples=samples, samples_per_s=samples / seconds)
             history.append(record)
-            if on_epoch_end is not None: on_epoch_end(epoch + 1, record)
+            if on_epoch_end is not None:
+                t_end = time.perf_counter(); on_epoch_end(epoch + 1, record)
+                if planning: add_epoch_end_cost(time.perf_counter() - t_end)
             if checkpoint_path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
                 save_checkpoint(checkpoint_path, {
                     'epoch': epoch + 1, 'epochs': epochs, 'global_step': global_step,
