@@ -474,16 +474,16 @@ def plan_chapters(chapters: dict, cells: dict, profile: str, seeds, device, extr
     return 1 if failures else 0
 
 # %% ../nbs/06_cli.ipynb #ea46a357
-def _verify_hint(r: dict, mirror: Path | None) -> str:
-    "The fix for one row of `dataset_status`."
-    if r['status'] == 'verified': return ''
-    if r['status'] == 'unreadable' or r['mirror'] == 'unreadable': return f"  {r['error']}"
-    if r['status'] == 'wrong md5': return '  (delete it, then run `medcl data fetch`)'
-    if r['mirror'] == 'verified': return ' (in MEDCL_DATA_MIRROR: run `medcl data fetch`)'
+def _verify_text(r: dict, mirror: Path | None) -> str:
+    "The status of one row of `dataset_status` in words, with the step that fixes it."
+    if r['status'] in ('verified', 'unreadable'): return r['status'] + (f"  {r['error']}" if r['error'] else '')
+    if r['status'] == 'wrong md5': return 'wrong md5 (delete it, then run `medcl data fetch`)'
+    if r['mirror'] == 'verified': return 'missing (in MEDCL_DATA_MIRROR: run `medcl data fetch`)'
     if r['mirror'] == 'wrong md5':
-        return (f"; wrong md5 in the mirror ({mirror/r['file']}): replace the mirror's copy with a verified one, "
-                "or unset MEDCL_DATA_MIRROR and run `medcl data fetch` to download")
-    return ' (not in MEDCL_DATA_MIRROR either: `medcl data fetch` downloads it)' if mirror else ' (run `medcl data fetch` to download it)'
+        return (f"wrong md5 in the mirror ({mirror/r['file']}): replace the mirror's copy with a verified one, or "
+                "unset MEDCL_DATA_MIRROR so that `medcl data fetch` downloads it")
+    if r['mirror'] == 'unreadable': return f"unreadable in the mirror  {r['error']}"
+    return 'missing (not in MEDCL_DATA_MIRROR either: `medcl data fetch` downloads it)' if mirror else 'missing (run `medcl data fetch` to download it)'
 
 def data_verify(names=BOOK_DATASETS) -> int:
     "Print the status of every file of `names` with its fix; 0 if all verified, 1 otherwise."
@@ -491,7 +491,7 @@ def data_verify(names=BOOK_DATASETS) -> int:
     except DataError as e: mirror, mirror_error = None, str(e)
     rows = [r for n in names for r in dataset_status(n)]
     width = max(len(r['file']) for r in rows)
-    for r in rows: print(f"{r['dataset']:<15} {r['file']:<{width}}  {r['status']}{_verify_hint(r, mirror)}")
+    for r in rows: print(f"{r['dataset']:<15} {r['file']:<{width}}  {_verify_text(r, mirror)}")
     bad = [r for r in rows if r['status'] != 'verified']
     print(f"{len(rows) - len(bad)} of {len(rows)} files verified in {_rel(Path(rows[0]['path']).parent)}"
           + ("; expected md5s: " + ', '.join(f"{r['file']}={r['expected_md5']}" for r in bad) if bad else ''))
@@ -666,6 +666,8 @@ def main(argv=None) -> int:
     try: code = _dispatch(p, a)
     except KeyboardInterrupt: print('medcl: interrupted', file=sys.stderr); code = 130
     except DataError as e: print(f"medcl: {e}", file=sys.stderr); code = 1
+    except BrokenPipeError:  # `medcl data verify | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); code = 0
     except OSError as e:
         if not e.filename: raise
         print(f"medcl: cannot access {e.filename} ({e.strerror}): check its permissions (and its folders')", file=sys.stderr); code = 1
