@@ -4,20 +4,24 @@
 
 # %% ../nbs/06_cli.ipynb #c618f8d3
 from __future__ import annotations
-import argparse, ast, os, sys, time
+import argparse, ast, difflib, json, os, re, signal, statistics, sys, threading, time
+from contextlib import ExitStack, contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import nbformat
 
-from .core import (PROFILES, DEVICES, atomic_write_json, atomic_write_text, by_profile, get_device,
-                           output_dir, project_root, runs_dir)
-from .data import BOOK_DATASETS, DataError, dataset_status, fetch_dataset
-from .report import finished_seeds, seeds_to_run
+from .core import (PROFILES, DEVICES, atomic_write_json, atomic_write_text, by_profile, clear_run_status,
+                           get_device, md5sum, output_dir, project_root, read_run_status, runs_dir)
+from .data import BOOK_DATASETS, DataError, dataset_files, dataset_status, fetch_dataset, mirror_dir
+from .report import seeds_to_run
 
 # %% auto #0
-__all__ = ['SMOKE_WARNING', 'parameters_cell', 'find_chapters', 'ChapterFailed', 'run_chapter', 'resolve_profile', 'parse_params',
-           'reproduce', 'data_verify', 'data_fetch', 'render_readme', 'write_readme', 'docs_command',
-           'exercises_command', 'main']
+__all__ = ['FIXED_PARAMS', 'SMOKE_WARNING', 'parameters_cell', 'find_chapters', 'check_value', 'parse_params', 'ChapterFailed',
+           'ChapterInterrupted', 'execute_notebook', 'run_chapter', 'describe_interruption', 'ChapterBusy',
+           'chapter_lock', 'resolve_profile', 'saved_results', 'reproduce', 'plan_chapter', 'plan_row', 'format_plan',
+           'plan_chapters', 'data_verify', 'data_fetch', 'render_readme', 'write_readme', 'chapters_command',
+           'docs_command', 'exercises_command', 'main']
 
 # %% ../nbs/06_cli.ipynb #196a1a5e
 def parameters_cell(nb) -> dict | None:
@@ -44,66 +48,304 @@ def find_chapters(nbs: str | Path | None = None) -> dict[str, Path]:
             chapters[params['chapter']] = path
     return chapters
 
+# %% ../nbs/06_cli.ipynb #30bfc28c
+FIXED_PARAMS = ('chapter', 'profile', 'seeds', 'device', 'plan')   # set by the runner or its options, not by -p
+_KINDS = {bool: ('True or False', 'booleans'), int: ('an integer', 'integers'), float: ('a number', 'numbers'),
+          str: ('a string', 'strings'), list: ('a list', 'lists'), tuple: ('a tuple', 'tuples'), dict: ('a dict', 'dicts')}
+
+def _kind(v) -> str:
+    "`a list of strings`, `an integer`, ...: what a value is, in words."
+    one = _KINDS.get(type(v), (type(v).__name__,))[0]
+    items = {type(x) for x in v} if isinstance(v, (list, tuple)) else set()
+    return f"{one} of {_KINDS.get(items.pop(), ('', 'values'))[1]}" if len(items) == 1 else one
+
+def _chapters(names) -> str:
+    return f"chapter {names[0]!r} has" if len(names) == 1 else f"chapters {', '.join(names)} have"
+
+def _literal(v) -> str:
+    "Python source for `v`, strings in double quotes (easy to put inside the shell's single quotes)."
+    if isinstance(v, str): return json.dumps(v)
+    if isinstance(v, (list, tuple)): return '[' + ', '.join(map(_literal, v)) + ']'
+    if isinstance(v, dict): return '{' + ', '.join(f'{_literal(k)}: {_literal(x)}' for k, x in v.items()) + '}'
+    return repr(v)
+
+def _option(name: str, value_text: str) -> str:
+    text = f'{name}={value_text}'
+    return f"-p '{text}'" if re.search(r'''[\s\[\]{}()"'*?$]''', text) else f'-p {text}'
+
+def _example(params: dict) -> str | None:
+    "An `-p` example built from the first settable parameter of a chapter and its default."
+    names = [n for n in params if n not in FIXED_PARAMS]
+    if not names: return None
+    v = params[names[0]]
+    if isinstance(v, list) and v: v = v[:1]
+    return _option(names[0], (v or 'text') if isinstance(v, str) else _literal(v))
+
+def _fits(value, default) -> bool:
+    "Is `value` of the kind of `default`? (an int is a number; the items of a list follow the default's items)"
+    if default is None: return True
+    if isinstance(default, bool) or isinstance(value, bool): return type(value) is type(default)
+    if isinstance(default, float): return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)):
+        kinds = {type(x) for x in default}
+        return isinstance(value, (list, tuple)) and (len(kinds) != 1 or all(_fits(x, default[0]) for x in value))
+    return type(value) is type(default)
+
+def _eval(text: str):
+    try: return ast.literal_eval(text), True
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): return text, False
+
+def _quoted(raw: str, default):
+    "What `raw` means with its bare words quoted (`[pneumoniamnist]` -> `['pneumoniamnist']`), if that fits `default`."
+    if not isinstance(default, (list, tuple, dict)): return None
+    words = re.sub(r'''(?<!["'\w])(?!(?:True|False|None)\b)([A-Za-z_][\w.\-]*)(?!["'\w])''', r'"\1"', raw)
+    if words == raw: return None
+    if isinstance(default, (list, tuple)) and not words.lstrip().startswith(('[', '(')): words = f'[{words}]'
+    value, ok = _eval(words)
+    return value if ok and _fits(value, default) else None
+
+def check_value(name: str, raw: str, default, chapter: str):
+    "Read `raw` (the text after `NAME=`) as the kind of `default`; raise a one-line ValueError with a fix if it is not."
+    value, literal = _eval(raw)
+    if isinstance(default, str): return value if literal and isinstance(value, str) else raw  # a bare word is a string
+    if isinstance(default, bool) and raw.strip().lower() in ('true', 'false'): return raw.strip().lower() == 'true'
+    if literal and _fits(value, default):
+        if isinstance(default, float): return float(value)
+        return type(default)(value) if isinstance(default, (list, tuple)) else value
+    what = f"{name} of chapter {chapter!r} is {_kind(default)} (default {_literal(default)})"
+    fixed = _quoted(raw, default)
+    if fixed is not None: raise ValueError(f"-p {name}={raw}: {what}; quote the words: {_option(name, _literal(fixed))}")
+    got = (f"got {_kind(value)} ({_literal(value)})" if literal
+           else "got text that is not a Python literal")
+    raise ValueError(f"-p {name}={raw}: {what}, {got}; e.g. {_example({name: default})}")
+
+def parse_params(pairs, chapters: dict[str, dict] | None = None) -> dict:
+    "`-p NAME=VALUE` pairs -> `{name: value}`; with `chapters` ({chapter: parameters cell}) each is checked against every chapter."
+    out = {}
+    for pair in pairs or []:
+        name, sep, raw = pair.partition('=')
+        if not sep or not name.isidentifier():
+            hints = [f"{e} (chapter {c!r})" for c, p in (chapters or {}).items() if (e := _example(p))][:1]
+            if chapters is not None and not hints:
+                raise ValueError(f"-p {pair!r}: {_chapters(list(chapters))} no parameters to set besides --profile, --seeds and --device")
+            raise ValueError(f"-p {pair!r}: write NAME=VALUE, e.g. " + (hints[0] if hints else "-p 'datasets=[\"mnist\"]'"))
+        if name in FIXED_PARAMS:
+            raise ValueError("-p chapter: the chapter name is fixed" if name == 'chapter' else f"-p {name}: use the --{name} option")
+        if chapters is None:
+            try: out[name] = ast.literal_eval(raw)
+            except (ValueError, SyntaxError): out[name] = raw
+            continue
+        lacking = [c for c, p in chapters.items() if name not in p]
+        if lacking:
+            having = [c for c, p in chapters.items() if name in p]
+            own = sorted({n for c in lacking for n in chapters[c] if n not in FIXED_PARAMS})
+            close = difflib.get_close_matches(name, own, n=1)
+            raise ValueError(f"-p {name}: {_chapters(lacking)} no parameter {name!r}"
+                             + (f" (did you mean {close[0]}?)" if close else '')
+                             + (f"; it belongs to {', '.join(having)}: name only those chapters" if having else
+                                f"; {'its' if len(lacking) == 1 else 'their'} parameters: {', '.join(own)}" if own else
+                                f"; {'it has' if len(lacking) == 1 else 'they have'} none besides --profile, --seeds and --device"))
+        out[name] = [check_value(name, raw, p[name], c) for c, p in chapters.items()][0]
+    return out
+
 # %% ../nbs/06_cli.ipynb #7374c54a
 class ChapterFailed(RuntimeError):
     "A chapter notebook raised; the message names the chapter, the cell and the error."
+
+class ChapterInterrupted(RuntimeError):
+    "The reader pressed Ctrl-C while a chapter ran."
+
+class _CtrlC(Exception): "Raised between cells once Ctrl-C was pressed."
+
+_KERNELS: list = []  # kernel managers of the chapter running now: Ctrl-C is passed on to their kernels
+
+@lru_cache(maxsize=None)
+def _kernel_manager_class():
+    "jupyter_client's AsyncKernelManager over IPC sockets (POSIX, short runtime path) and remembered in `_KERNELS`."
+    from jupyter_client import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import default
+    ipc = os.name == 'posix' and len(jupyter_runtime_dir()) <= 50  # a socket path is at most ~104 bytes
+    class BookKernelManager(AsyncKernelManager):
+        @default('transport')
+        def _transport_default(self): return 'ipc' if ipc else 'tcp'
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            _KERNELS.append(self)
+    return BookKernelManager
+
+def _interrupt_kernels() -> bool:
+    "Send SIGINT to the kernels of the running chapter (their process groups); False if none has started."
+    sent = False
+    for km in _KERNELS:
+        prov = getattr(km, 'provisioner', None)
+        pid, pgid = getattr(prov, 'pid', None), getattr(prov, 'pgid', None)
+        try:
+            if pgid and hasattr(os, 'killpg'): os.killpg(pgid, signal.SIGINT); sent = True
+            elif pid: os.kill(pid, signal.SIGINT); sent = True
+        except OSError: pass
+    return sent
+
+@contextmanager
+def _ctrl_c_to_kernel():
+    "While the block runs, the first Ctrl-C interrupts the kernel (`state['pressed']` counts); the second one raises here."
+    state = {'pressed': 0}
+    if threading.current_thread() is not threading.main_thread(): yield state; return
+    def handler(signum, frame):
+        state['pressed'] += 1
+        if state['pressed'] > 1 or not _interrupt_kernels(): raise KeyboardInterrupt
+    old = signal.signal(signal.SIGINT, handler)
+    try: yield state
+    finally: signal.signal(signal.SIGINT, old)
 
 def _first_line(source: str) -> str:
     lines = [l for l in source.splitlines() if l.strip() and not l.lstrip().startswith('#')]
     return (lines[0] if lines else source.splitlines()[0] if source else '')[:100]
 
-def run_chapter(name: str, notebook: Path, profile: str, seeds: list[int], device: str,
-                out_dir: Path, stream=True, extra: dict | None = None) -> Path:
-    "Execute `notebook` with papermill into `out_dir/<name>.ipynb`; raise `ChapterFailed` naming the cell on error."
+def execute_notebook(notebook: Path, out: Path, parameters: dict, stream: bool = True):
+    "papermill with the book's settings; Ctrl-C becomes `KeyboardInterrupt` after the kernel stopped. Raises papermill's errors."
     import papermill as pm
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir/f'{name}.ipynb'
     progress = os.environ.get('MEDCL_PROGRESS')
     os.environ['MEDCL_PROGRESS'] = progress or 'plain'  # the kernel inherits it: progress as lines, never widgets
+    def stop_if_pressed(**_):
+        if ctrl_c['pressed']: raise _CtrlC()
     try:
-        pm.execute_notebook(str(notebook), str(out),
-                            parameters={**(extra or {}), 'profile': profile, 'seeds': list(seeds), 'device': device},
-                            kernel_name='python3', cwd=str(notebook.parent), progress_bar=False,
-                            stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
+        with _ctrl_c_to_kernel() as ctrl_c:
+            pm.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name='python3',
+                                cwd=str(notebook.parent), progress_bar=False, kernel_manager_class=_kernel_manager_class(),
+                                on_cell_execute=stop_if_pressed,
+                                stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
     except pm.PapermillExecutionError as e:
+        if ctrl_c['pressed'] or e.ename == 'KeyboardInterrupt': raise KeyboardInterrupt from None
+        raise
+    except _CtrlC: raise KeyboardInterrupt from None
+    finally:
+        _KERNELS.clear()
+        if progress is None: os.environ.pop('MEDCL_PROGRESS', None)
+
+def run_chapter(name: str, notebook: Path, profile: str, seeds: list[int], device: str,
+                out_dir: Path, stream=True, extra: dict | None = None) -> Path:
+    "Execute `notebook` into `out_dir/<name>.ipynb` (only if it succeeds); raise `ChapterFailed` naming the cell on error."
+    import papermill as pm
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out, tmp = out_dir/f'{name}.ipynb', out_dir/f'.{name}.running.ipynb'
+    def keep(suffix):
+        if not tmp.exists(): return None
+        os.replace(tmp, out_dir/f'{name}.{suffix}.ipynb'); return out_dir/f'{name}.{suffix}.ipynb'
+    try:
+        execute_notebook(notebook, tmp, {**(extra or {}), 'profile': profile, 'seeds': list(seeds), 'device': device}, stream)
+    except KeyboardInterrupt:
+        keep('interrupted'); raise ChapterInterrupted(name) from None
+    except pm.PapermillExecutionError as e:
+        kept = keep('failed')
         raise ChapterFailed(f"chapter {name!r} failed in cell {e.cell_index} (execution count {e.exec_count}: "
                             f"`{_first_line(e.source)}`): {e.ename}: {e.evalue}\n"
-                            f"  executed notebook kept at {out}") from None
+                            f"  executed notebook kept at {kept}" + (f" (the last good one, {out}, is untouched)" if out.exists() else '')) from None
     except Exception as e:  # the kernel died (out of memory, killed) or could not start
-        raise ChapterFailed(f"chapter {name!r} stopped without finishing: {type(e).__name__}: {e}\n"
-                            f"  partly executed notebook (if any) at {out}") from None
-    finally:
-        if progress is None: os.environ.pop('MEDCL_PROGRESS', None)
+        kept = keep('failed')
+        raise ChapterFailed(f"chapter {name!r} stopped without finishing: {type(e).__name__}: {e}"
+                            + (f"\n  partly executed notebook kept at {kept}" if kept else '')) from None
+    os.replace(tmp, out)
+    for stale in ('failed', 'interrupted'): (out_dir/f'{name}.{stale}.ipynb').unlink(missing_ok=True)
     return out
+
+def describe_interruption(chapter: str, status: dict | None, profile: str) -> str:
+    "`interrupted in <chapter> <part> seed k, epoch e of n; rerun ...` from the runner's status file (what is known of it)."
+    s = status or {}
+    where = ' '.join(str(x) for x in (chapter, s.get('part')) if x)
+    if s.get('seed') is not None: where += f" seed {s['seed']}"
+    if s.get('epoch') is not None: where += f", epoch {s['epoch']}" + (f" of {s['epochs']}" if s.get('epochs') else '')
+    again = ('rerun the same command to start it again (smoke runs do not resume)' if profile == 'smoke'
+             else 'rerun the same command to resume')
+    return f"interrupted in {where}; {again}"
+
+# %% ../nbs/06_cli.ipynb #7b6edc86
+class ChapterBusy(RuntimeError):
+    "Another process is running this chapter in this profile."
+
+def _try_lock(f) -> bool:
+    "Take an exclusive, non-blocking lock on the open file `f`; False when another process holds it."
+    try:
+        try:
+            import fcntl
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # Windows
+            import msvcrt
+            f.seek(0); msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        return True
+    except OSError: return False
+
+@contextmanager
+def chapter_lock(chapter: str, profile: str):
+    "Hold `runs/<profile>/locks/<chapter>.lock` for the block; raise `ChapterBusy` if another run holds it."
+    path = runs_dir()/profile/'locks'/f'{chapter}.lock'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a+', encoding='utf-8') as f:
+        if not _try_lock(f):
+            f.seek(0); holder = f.read().strip()
+            raise ChapterBusy(f"chapter {chapter!r} ({profile}) is already being run" + (f" {holder}" if holder else '')
+                              + ": wait for that run to finish (or stop it), then run again")
+        f.seek(0); f.truncate()
+        f.write(f"by process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"); f.flush()
+        yield path
 
 # %% ../nbs/06_cli.ipynb #35856d41
 SMOKE_WARNING = ("SMOKE profile: tiny subsets and one epoch to check that every step runs. These numbers are NOT "
-                 "the paper comparison; the book's tables come from `--profile full` (meant for a GPU).")
+                 "the paper comparison; the book's tables come from `--profile reduced` (the paper's protocol scaled "
+                 "down for a CPU) and `--profile full` (the paper's protocol, meant for a GPU).")
 
 def resolve_profile(profile: str, device: str) -> str:
     "`auto` becomes `full` when the chosen device is a CUDA GPU and `smoke` otherwise."
     if profile != 'auto': return profile
     return 'full' if get_device(device).type == 'cuda' else 'smoke'
 
-def parse_params(pairs) -> dict:
-    "`['datasets=[\"mnist\"]', 'epochs=3']` -> `{'datasets': ['mnist'], 'epochs': 3}` (values are Python literals)."
-    out = {}
-    for pair in pairs or []:
-        name, sep, value = pair.partition('=')
-        if not sep or not name.isidentifier():
-            raise ValueError(f"--param {pair!r}: write NAME=VALUE, e.g. --param epochs=3")
-        if name in ('chapter', 'profile', 'seeds', 'device'):
-            raise ValueError(f"--param {name}: use the --{name} option" if name != 'chapter' else "the chapter name is fixed")
-        try: out[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError): out[name] = value  # a bare word is a string
-    return out
+def saved_results(chapter: str, profile: str) -> dict:
+    "`{part: sorted seeds}` of the results saved for `chapter` in `profile` (part None: results saved per seed only)."
+    d, out = output_dir(chapter, profile)/'results', {}
+    for p in (d.glob('seed*.json') if d.is_dir() else []):
+        if m := re.fullmatch(r'seed(\d+)(?:-([A-Za-z0-9_]+))?\.json', p.name): out.setdefault(m.group(2), set()).add(int(m.group(1)))
+    return {k: sorted(v) for k, v in sorted(out.items(), key=lambda kv: kv[0] or '')}
 
-def reproduce(chapters=None, profile='auto', seeds=None, device='auto', stream=True, params=None) -> int:
-    "Run chapter notebooks; return the exit code (0 all passed, 1 a chapter failed, 2 bad arguments)."
-    try: extra = parse_params(params)
-    except ValueError as e: print(f"medcl: {e}", file=sys.stderr); return 2
+def _rel(p) -> str:
+    "`p` relative to the project root when it is inside it (shorter lines in the summary)."
+    try: return str(Path(p).resolve().relative_to(project_root()))
+    except ValueError: return str(p)
+
+def _snapshot(root: Path) -> dict:
+    "md5 of every file under `root`: what a run changed is the difference of two snapshots."
+    return {str(p.relative_to(root)): md5sum(p) for p in root.rglob('*') if p.is_file()} if root.is_dir() else {}
+
+def _check_readable(chapter: str, profile: str):
+    "Open every saved result of `chapter` before a kernel starts: an unreadable one is a one-line error, not a failed run."
+    d = output_dir(chapter, profile)/'results'
+    try:
+        for p in (list(d.iterdir()) if d.is_dir() else []):
+            if p.suffix == '.json': open(p, 'rb').close()
+    except OSError as e:
+        raise ChapterFailed(f"cannot read {e.filename or d} ({e.strerror}), where chapter {chapter!r} keeps its {profile} "
+                            "results: give your user read access (`chmod a+r` the files, `chmod a+rx` the folders) "
+                            "or move them away") from None
+
+def _summary(report: list, profile: str) -> str:
+    "The closing block: one aligned row per chapter (status, time, executed notebook, tables for those that succeeded)."
+    rows = [('chapter', 'status', 'time', 'executed notebook', 'tables and figures')]
+    rows += [(r['chapter'], r['status'], f"{r['wall_time_s']:.1f} s", _rel(r['executed_notebook']) if r['executed_notebook'] else '-',
+              _rel(r['output_dir']) if r['status'] == 'ok' else '-') for r in report]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ['  '.join(c.ljust(w) if i != 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + '  ' + row[4] for row in rows]
+    ok = sum(r['status'] == 'ok' for r in report)
+    return f"== summary ({profile}): {ok} of {len(report)} chapter(s) ok\n" + '\n'.join(lines)
+
+def _interrupted(name, profile, report: list, row: dict) -> int:
+    "Record the interrupted chapter, print the one line that says where it stood; 130 (the shell's code for Ctrl-C)."
+    report.append(row)
+    print(f"medcl: {describe_interruption(name, read_run_status(name, profile), profile)}", file=sys.stderr, flush=True)
+    return 130
+
+def reproduce(chapters=None, profile='auto', seeds=None, device='auto', stream=True, params=None, plan=False) -> int:
+    "Run chapter notebooks (or, with `plan`, time them); 0 all passed, 1 a chapter failed, 2 nothing could start, 130 Ctrl-C."
     known = find_chapters()
-    chapters = list(chapters or known)
+    chapters = list(dict.fromkeys(chapters or known))
     unknown = [c for c in chapters if c not in known]
     if unknown:
         print(f"medcl: unknown chapter(s) {', '.join(unknown)}; known chapters: {', '.join(known) or 'none'}", file=sys.stderr)
@@ -112,52 +354,153 @@ def reproduce(chapters=None, profile='auto', seeds=None, device='auto', stream=T
         print(f"medcl: unknown profile {profile!r}; use auto, {', '.join(PROFILES)}", file=sys.stderr); return 2
     if seeds is not None and any(int(s) < 0 for s in seeds):
         print(f"medcl: seeds must be non-negative integers, got {list(seeds)}", file=sys.stderr); return 2
+    cells = {c: parameters_cell(nbformat.read(known[c], as_version=4)) for c in chapters}
+    try: extra = parse_params(params, cells)
+    except ValueError as e: print(f"medcl: {e}", file=sys.stderr); return 2
     try: get_device(device)
     except (ValueError, RuntimeError) as e: print(f"medcl: {e}", file=sys.stderr); return 2
     profile = resolve_profile(profile, device)
     seeds = [int(s) for s in (seeds if seeds is not None else by_profile(profile, smoke=[0], reduced=[0, 1, 2], full=[0, 1, 2]))]
-    if profile == 'smoke': print(SMOKE_WARNING)
-    out_dir = runs_dir()/profile/'executed'
-    report, failures = [], []
-    for name in chapters:
-        todo = seeds_to_run(name, profile, seeds)
-        done = [s for s in seeds if s not in todo]
-        parts = profile != 'smoke' and any('-' in p.stem for p in (output_dir(name, profile)/'results').glob('seed*.json'))
-        print(f"== {name} ({known[name].name}): profile {profile}, seeds {seeds}"
-              + (f"; seeds {done} already finished, running {todo or 'none (re-rendering tables)'}" if done else '')
-              + ('; results are saved per part (dataset, variant): the notebook resumes each part' if parts else ''), flush=True)
-        start = time.perf_counter()
+    with ExitStack() as locks:
         try:
-            unknown = sorted(set(extra) - set(parameters_cell(nbformat.read(known[name], as_version=4))))
-            if unknown: raise ChapterFailed(f"chapter {name!r} has no parameter(s) {', '.join(unknown)} in its parameters cell")
-            executed = run_chapter(name, known[name], profile, seeds, device, out_dir, stream, extra)
-            status = 'ok'
+            for name in chapters: locks.enter_context(chapter_lock(name, profile))
+            for name in chapters: _check_readable(name, profile)
+        except (ChapterBusy, ChapterFailed) as e: print(f"medcl: {e}", file=sys.stderr); return 2
+        if plan: return plan_chapters({c: known[c] for c in chapters}, cells, profile, seeds, device, extra)
+        return _run_chapters({c: known[c] for c in chapters}, profile, seeds, device, stream, extra)
+
+def _run_chapters(chapters: dict, profile, seeds, device, stream, extra) -> int:
+    if profile == 'smoke': print(SMOKE_WARNING)
+    out_dir, figures = runs_dir()/profile/'executed', project_root()/'figures'
+    before = _snapshot(figures) if profile != 'smoke' else {}
+    report, failures, code = [], [], 0
+    for name, notebook in chapters.items():
+        todo, saved = seeds_to_run(name, profile, seeds), saved_results(name, profile) if profile != 'smoke' else {}
+        done = [s for s in seeds if s not in todo]
+        parts = [p for p in saved if p]
+        print(f"== {name} ({notebook.name}): profile {profile}, seeds {seeds}"
+              + (f"; seeds {done} already finished, running {todo or 'none (re-rendering tables)'}" if done else '')
+              + (f"; results are saved per part ({len(parts)} saved so far): the notebook resumes each part" if parts else ''), flush=True)
+        start, executed, error = time.perf_counter(), None, None
+        row = {'chapter': name, 'profile': profile, 'seeds': seeds, 'seeds_run': todo, 'output_dir': str(output_dir(name, profile))}
+        clear_run_status(name, profile)
+        try: executed, status = run_chapter(name, notebook, profile, seeds, device, out_dir, stream, extra), 'ok'
+        except ChapterInterrupted:
+            kept = out_dir/f'{name}.interrupted.ipynb'
+            row.update(status='interrupted', wall_time_s=round(time.perf_counter() - start, 1),
+                       executed_notebook=str(kept) if kept.exists() else None)
+            code = _interrupted(name, profile, report, row); break
         except ChapterFailed as e:
-            failures.append(str(e)); status, executed = 'FAILED', out_dir/f'{name}.ipynb'
-            print(f"medcl: {e}", file=sys.stderr)
+            failures.append(str(e)); status, error = 'FAILED', str(e)
+            executed = out_dir/f'{name}.failed.ipynb' if (out_dir/f'{name}.failed.ipynb').exists() else None
         seconds = time.perf_counter() - start
-        report.append({'chapter': name, 'profile': profile, 'seeds': seeds, 'seeds_run': todo, 'status': status,
-                       'wall_time_s': round(seconds, 1), 'executed_notebook': str(executed)})
-        where = output_dir(name, profile)
-        print(f"== {name}: {status} in {seconds:.1f} s; tables and figures in {where}", flush=True)
+        report.append({**row, 'status': status, 'wall_time_s': round(seconds, 1), 'error': error,
+                       'executed_notebook': str(executed) if executed else None})
+        print(f"== {name}: {status} ({seconds:.1f} s)", flush=True)
     atomic_write_json(runs_dir()/profile/'last_run.json', report)
+    if code == 130: return code
+    print(_summary(report, profile), flush=True)
     if failures:
-        print(f"medcl: {len(failures)} of {len(chapters)} chapter(s) failed:\n" + '\n'.join(failures), file=sys.stderr)
-        return 1
-    if profile != 'smoke': print(f"{profile.capitalize()} results updated: run `medcl readme` to refresh README's results overview.")
-    return 0
+        print(f"medcl: {len(failures)} of {len(report)} chapter(s) failed:\n" + '\n'.join(failures), file=sys.stderr, flush=True)
+    changed = profile != 'smoke' and sorted(set(before.items()) ^ set(_snapshot(figures).items()))
+    if changed:
+        n = len({k for k, _ in changed})
+        print(f"{profile.capitalize()} results updated ({n} file(s) under figures/ changed): "
+              "run `medcl readme` to refresh README's results overview.")
+    return 1 if failures else 0
+
+# %% ../nbs/06_cli.ipynb #17c7d9c9
+def plan_chapter(name: str, notebook: Path, profile: str, seeds: list[int], device: str, extra: dict | None = None) -> dict:
+    "Run `notebook` with `plan=True`; return the runner's plan JSON plus `papermill_wall_s` and `est_chapter_s` (seconds)."
+    import papermill as pm
+    out_dir = runs_dir()/profile/'plan'
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out, plan_json = out_dir/f'{name}.ipynb', out_dir/f'{name}.json'
+    plan_json.unlink(missing_ok=True)  # never read an old plan as this one
+    start = time.perf_counter()
+    try: execute_notebook(notebook, out, {**(extra or {}), 'profile': profile, 'seeds': list(seeds), 'device': device, 'plan': True}, stream=False)
+    except KeyboardInterrupt: raise ChapterInterrupted(name) from None
+    except pm.PapermillExecutionError as e:
+        if e.ename != 'PlanFinished':
+            raise ChapterFailed(f"planning chapter {name!r} failed in cell {e.cell_index} (`{_first_line(e.source)}`): "
+                                f"{e.ename}: {e.evalue}\n  executed notebook kept at {out}") from None
+    except Exception as e:
+        raise ChapterFailed(f"planning chapter {name!r} stopped without finishing: {type(e).__name__}: {e}") from None
+    wall = time.perf_counter() - start
+    try: plan = json.loads(plan_json.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e:
+        raise ChapterFailed(f"planning chapter {name!r}: its runner wrote no readable {plan_json} ({type(e).__name__}); "
+                            f"does the chapter pass `plan` to the runner? executed notebook at {out}") from None
+    plan.update(papermill_wall_s=round(wall, 2), executed_notebook=str(out), plan_json=str(plan_json),
+                est_chapter_s=round(max(wall - plan.get('runner_wall_s', 0.0), 0.0) + plan['est_total_s'], 1))
+    return plan
+
+def plan_row(name: str, plan: dict | None, error: str | None = None) -> tuple:
+    "(chapter, parts × seeds, s/step median (range), estimate) for the plan table."
+    if plan is None: return (name, error or 'no plan (chapter has no plan parameter)', '', '')
+    steps = sorted(f['s_per_step'] for p in plan['parts'] for f in p.get('fits', []))
+    speed = (f"{statistics.median(steps):.3g} ({steps[0]:.3g}–{steps[-1]:.3g})" if len(steps) > 1 else
+             f"{steps[0]:.3g}" if steps else '-')
+    return (name, f"{len(plan['parts'])} × {len(plan['seeds'])}", speed, f"{plan['est_chapter_s'] / 60:.1f} min")
+
+def format_plan(rows: list[tuple], plans: dict, profile: str) -> str:
+    "The plan table: a row per chapter (from `plan_row`), then the total and where the plans are."
+    head = ('chapter', 'parts × seeds', 's/step median (range)', 'estimated')
+    timed = [head] + [r for r in rows if r[2] or r[3]]
+    w = [max(len(r[0]) for r in [head, *rows])] + [max(len(r[i]) for r in timed) for i in (1, 2, 3)]
+    lines = ['  '.join(c.ljust(x) for c, x in zip(r, w)).rstrip() if r in timed else f"{r[0].ljust(w[0])}  {r[1]}"
+             for r in [head, *rows]]
+    total = sum(p['est_chapter_s'] for p in plans.values())
+    devices = sorted({p.get('device', '?') for p in plans.values()})
+    lines.append(f"total: {total / 60:.1f} min for {len(plans)} chapter(s)" + (f" on {', '.join(devices)}" if devices else ''))
+    if plans: lines.append(f"plans (JSON and executed notebooks): {_rel(runs_dir()/profile/'plan')}/<chapter>.json, .ipynb")
+    return '\n'.join(lines)
+
+def plan_chapters(chapters: dict, cells: dict, profile: str, seeds, device, extra) -> int:
+    "`medcl reproduce --plan`: time every chapter that has a `plan` parameter; print the table; 0, 1 if one failed, 130 Ctrl-C."
+    print(f"== plan: profile {profile}, seeds {seeds}: timing a few real steps of each part (nothing is saved as a result)", flush=True)
+    rows, plans, failures = [], {}, []
+    for name, notebook in chapters.items():
+        if 'plan' not in cells[name]: rows.append(plan_row(name, None)); continue
+        print(f"== planning {name} ...", flush=True)
+        clear_run_status(name, profile)
+        try: plans[name] = plan_chapter(name, notebook, profile, seeds, device, extra); rows.append(plan_row(name, plans[name]))
+        except ChapterInterrupted:
+            print(f"medcl: {describe_interruption(name, read_run_status(name, profile), profile).split(';')[0]} (planning)", file=sys.stderr)
+            return 130
+        except ChapterFailed as e: failures.append(str(e)); rows.append(plan_row(name, None, 'FAILED (error below)'))
+    print(format_plan(rows, plans, profile), flush=True)
+    if failures: print('medcl: ' + '\n'.join(failures), file=sys.stderr, flush=True)
+    return 1 if failures else 0
 
 # %% ../nbs/06_cli.ipynb #ea46a357
+def _verify_text(r: dict, mirror: Path | None) -> str:
+    "The status of one row of `dataset_status` in words, with the step that fixes it."
+    if r['status'] in ('verified', 'unreadable'): return r['status'] + (f"  {r['error']}" if r['error'] else '')
+    if r['status'] == 'wrong md5': return 'wrong md5 (delete it, then run `medcl data fetch`)'
+    if r['mirror'] == 'verified': return 'missing (in MEDCL_DATA_MIRROR: run `medcl data fetch`)'
+    if r['mirror'] == 'wrong md5':
+        return (f"wrong md5 in the mirror ({mirror/r['file']}): replace the mirror's copy with a verified one, or "
+                "unset MEDCL_DATA_MIRROR so that `medcl data fetch` downloads it")
+    if r['mirror'] == 'unreadable': return f"unreadable in the mirror  {r['error']}"
+    return 'missing (not in MEDCL_DATA_MIRROR either: `medcl data fetch` downloads it)' if mirror else 'missing (run `medcl data fetch` to download it)'
+
 def data_verify(names=BOOK_DATASETS) -> int:
-    "Print the status of every file of `names`; 0 if all verified, 1 otherwise."
+    "Print the status of every file of `names` with its fix; 0 if all verified, 1 otherwise."
+    try: mirror, mirror_error = mirror_dir(), None
+    except DataError as e: mirror, mirror_error = None, str(e)
     rows = [r for n in names for r in dataset_status(n)]
     width = max(len(r['file']) for r in rows)
-    for r in rows:
-        hint = '' if r['status'] == 'verified' else (' (in MEDCL_DATA_MIRROR: run `medcl data fetch`)' if r['in_mirror'] else '')
-        print(f"{r['dataset']:<15} {r['file']:<{width}}  {r['status']}{hint}")
+    for r in rows: print(f"{r['dataset']:<15} {r['file']:<{width}}  {_verify_text(r, mirror)}")
     bad = [r for r in rows if r['status'] != 'verified']
-    print(f"{len(rows) - len(bad)} of {len(rows)} files verified" + ("; expected md5s: " + ', '.join(
-        f"{r['file']}={r['expected_md5']}" for r in bad) if bad else ''))
+    print(f"{len(rows) - len(bad)} of {len(rows)} files verified in {_rel(Path(rows[0]['path']).parent)}"
+          + ("; expected md5s: " + ', '.join(f"{r['file']}={r['expected_md5']}" for r in bad) if bad else ''))
+    if mirror_error: print(f"medcl: {mirror_error}")
+    elif mirror is not None:
+        files = [f.relpath for n in names for f in dataset_files(n)]
+        if not any(os.path.lexists(mirror/f) for f in files):
+            print(f"medcl: MEDCL_DATA_MIRROR={mirror} holds none of the book's {len(files)} files (such as {files[0]}): "
+                  "point it at a folder of verified dataset files (for example ../shared/data) or unset it to download")
     return 1 if bad else 0
 
 def data_fetch(names=BOOK_DATASETS) -> int:
@@ -202,35 +545,72 @@ def write_readme(root=None) -> Path:
     return atomic_write_text(root/'README.md', text)
 
 # %% ../nbs/06_cli.ipynb #f553bdd9
+def _seeds_text(chapter: str, profile: str) -> str:
+    "`0, 1, 2`, `0, 1, 2 × 3 parts`, `0 × 2 parts (+1 partly)` or `-`: the seeds saved for a chapter in a profile."
+    saved = saved_results(chapter, profile)
+    if not saved: return '-'
+    complete = sorted(set.intersection(*map(set, saved.values())))
+    partly = sorted(set().union(*saved.values()) - set(complete))
+    parts = [p for p in saved if p]
+    return (', '.join(map(str, complete)) or 'none complete') \
+        + (f" × {len(parts)} part{'s' if len(parts) > 1 else ''}" if parts else '') \
+        + (f" (+{', '.join(map(str, partly))} partly)" if partly else '')
+
+def chapters_command() -> int:
+    "`medcl chapters`: name, notebook and the committed seeds per profile, in aligned columns."
+    rows = [('chapter', 'notebook', *[f'{p} seeds' for p in PROFILES[1:]])]
+    rows += [(name, f'nbs/{path.name}', *[_seeds_text(name, p) for p in PROFILES[1:]]) for name, path in find_chapters().items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows: print('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+def _chapter_names() -> str:
+    try: return ', '.join(find_chapters()) or 'none found'
+    except Exception: return 'see `medcl chapters`'
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='medcl', description=(
         "medcl-nb: a book on contrastive learning for medical images. Each chapter is a notebook in nbs/ that "
         "reproduces one paper's tables. `medcl reproduce` runs the chapters with papermill; `medcl data` "
         "manages the verified dataset cache."),
         epilog="Profiles: smoke = tiny subsets, seconds on a CPU, checks the pipeline (NOT the paper comparison; "
-               "results under runs/smoke/). full = the paper's protocol, meant for a GPU; results, tables and "
-               "figures under figures/<chapter>/, saved per seed so an interrupted run resumes. Environment: "
-               "MEDCL_DATA_MIRROR = folder of verified dataset files to copy from instead of downloading; "
-               "MEDCL_DATA = cache folder (default data/); MEDCL_DEVICE = default for --device auto.")
+               "results under runs/smoke/). reduced = the paper's protocol scaled down to about an hour per chapter "
+               "on a CPU; full = the paper's protocol, meant for a GPU. Reduced and full results, tables and figures "
+               "go under figures/<chapter>/<profile>/, saved per seed (and part) so an interrupted run resumes. "
+               "Environment: MEDCL_DATA_MIRROR = folder of verified dataset files to copy from instead of "
+               "downloading; MEDCL_DATA = cache folder (default data/); MEDCL_DEVICE = default for --device auto.")
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     r = sub.add_parser('reproduce', help='run chapter notebooks and regenerate their tables and figures',
-                       description='Run chapter notebooks with papermill (all chapters when none is named).')
+                       description='Run chapter notebooks with papermill (all chapters when none is named) and end with '
+                                   f'a summary. Chapters: {_chapter_names()}.')
     r.add_argument('chapters', nargs='*', metavar='CHAPTER', help='chapters to run (see `medcl chapters`); default all')
     r.add_argument('--profile', default='auto', choices=('auto', *PROFILES),
-                   help='smoke (tiny, CPU), full (paper protocol, GPU) or auto: full with a GPU, smoke without (default)')
-    r.add_argument('--seeds', nargs='+', type=int, metavar='SEED', help='seeds to run; default 0 (smoke) or 0 1 2 (full)')
+                   help='smoke (tiny, CPU), reduced (the protocol scaled down, about an hour per chapter on a CPU), '
+                        'full (paper protocol, GPU) or auto: full with a GPU, smoke without (default)')
+    r.add_argument('--seeds', nargs='+', type=int, metavar='SEED', help='seeds to run; default 0 (smoke) or 0 1 2 (reduced, full)')
     r.add_argument('--device', default='auto', choices=DEVICES, help='auto (cuda if present, else cpu), cpu or cuda')
     r.add_argument('--param', '-p', action='append', metavar='NAME=VALUE', dest='params',
-                   help="set another variable of the chapter's parameters cell (a Python literal), e.g. "
-                        "-p 'datasets=[\"mnist\"]'; repeatable")
+                   help="set another variable of the chapter's parameters cell (a Python literal of the same kind as "
+                        "its default), e.g. -p 'datasets=[\"mnist\"]'; repeatable")
+    r.add_argument('--plan', action='store_true',
+                   help='train nothing: time a few real steps of each part and print the estimated wall time per chapter')
     d = sub.add_parser('data', help='verify or fetch the datasets the book uses',
                        description='Datasets: ' + ', '.join(BOOK_DATASETS) + '. Files are checked against published md5s.')
     dsub = d.add_subparsers(dest='data_command', metavar='ACTION')
-    dsub.add_parser('verify', help='list every dataset file: verified / missing / wrong md5 (changes nothing)')
-    f = dsub.add_parser('fetch', help='copy from $MEDCL_DATA_MIRROR or download, then verify')
+    dsub.add_parser('verify', help='list every dataset file: verified / missing / wrong md5 (changes nothing)',
+                    description='List every file of the datasets the book uses with its status in the cache '
+                                '($MEDCL_DATA, default data/) and, where it is not verified, in $MEDCL_DATA_MIRROR, '
+                                'and the step that fixes it. Changes nothing; exits 1 unless all are verified.')
+    f = dsub.add_parser('fetch', help='copy from $MEDCL_DATA_MIRROR or download, then verify',
+                        description='Fill the cache from $MEDCL_DATA_MIRROR, or by download, verifying every file.')
     f.add_argument('names', nargs='*', metavar='NAME', help='datasets to fetch; default all the book uses')
-    sub.add_parser('chapters', help='list the chapters and their notebooks')
-    sub.add_parser('readme', help='regenerate README.md from nbs/index.ipynb')
+    sub.add_parser('chapters', help='list the chapters, their notebooks and committed seeds',
+                   description='List every chapter (a notebook whose parameters cell names it), its notebook, and the '
+                               'seeds with committed results in each profile (for results saved per part, the seeds '
+                               'every saved part has).')
+    sub.add_parser('readme', help='regenerate README.md from nbs/index.ipynb',
+                   description="Execute nbs/index.ipynb (its results overview reads figures/) and write README.md from "
+                               "it. Run it after a reduced or full run has changed committed results.")
     e = sub.add_parser('exercises', help='write the exercise notebooks (nbs/_exercises/) from the chapters',
                        description='Exercise notebooks: the chapters with the solutions of their exercise cells removed.')
     e.add_argument('--check', action='store_true', help='only check that nbs/_exercises/ is up to date (exit 1 if not)')
@@ -268,20 +648,28 @@ def exercises_command(check: bool = False) -> int:
     for path in write_exercises(): print(f"wrote {path.relative_to(project_root())}")
     return 0
 
+def _dispatch(p: argparse.ArgumentParser, a) -> int:
+    if a.command == 'reproduce': return reproduce(a.chapters, a.profile, a.seeds, a.device, params=a.params, plan=a.plan)
+    if a.command == 'data' and a.data_command == 'verify': return data_verify()
+    if a.command == 'data' and a.data_command == 'fetch': return data_fetch(a.names or BOOK_DATASETS)
+    if a.command == 'data': p.parse_args(['data', '--help'])
+    if a.command == 'chapters': return chapters_command()
+    if a.command == 'readme': print(f"wrote {write_readme()}"); return 0
+    if a.command == 'exercises': return exercises_command(a.check)
+    if a.command == 'docs': return docs_command(a.renderer, a.serve)
+    p.print_help(); return 0 if a.command is None else 2
+
 def main(argv=None) -> int:
     "Entry point of the `medcl` command."
     p = _parser()
     a = p.parse_args(argv)
-    if a.command == 'reproduce': code = reproduce(a.chapters, a.profile, a.seeds, a.device, params=a.params)
-    elif a.command == 'data' and a.data_command == 'verify': code = data_verify()
-    elif a.command == 'data' and a.data_command == 'fetch': code = data_fetch(a.names or BOOK_DATASETS)
-    elif a.command == 'chapters':
-        for name, path in find_chapters().items(): print(f"{name:<12} nbs/{path.name}  done (full): seeds {finished_seeds(name, 'full')}")
-        code = 0
-    elif a.command == 'readme': print(f"wrote {write_readme()}"); code = 0
-    elif a.command == 'exercises': code = exercises_command(a.check)
-    elif a.command == 'docs': code = docs_command(a.renderer, a.serve)
-    elif a.command == 'data': p.parse_args(['data', '--help'])
-    else: p.print_help(); code = 0 if a.command is None else 2
+    try: code = _dispatch(p, a)
+    except KeyboardInterrupt: print('medcl: interrupted', file=sys.stderr); code = 130
+    except DataError as e: print(f"medcl: {e}", file=sys.stderr); code = 1
+    except BrokenPipeError:  # `medcl data verify | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); code = 0
+    except OSError as e:
+        if not e.filename: raise
+        print(f"medcl: cannot access {e.filename} ({e.strerror}): check its permissions (and its folders')", file=sys.stderr); code = 1
     if argv is None: sys.exit(code)
     return code

@@ -16,8 +16,9 @@ import torch
 # %% auto #0
 __all__ = ['PROFILES', 'DEVICES', 'LIBRARIES', 'check_profile', 'by_profile', 'seed_everything', 'seeded_rng', 'get_device',
            'device_name', 'project_root', 'data_dir', 'figures_dir', 'runs_dir', 'output_dir', 'committed_profiles',
-           'atomic_open', 'atomic_write_text', 'atomic_write_bytes', 'atomic_write_json', 'md5sum', 'library_versions',
-           'git_state', 'RunTimer', 'run_provenance']
+           'current_umask', 'atomic_open', 'atomic_write_text', 'atomic_write_bytes', 'atomic_write_json',
+           'run_status_path', 'write_run_status', 'update_run_status', 'read_run_status', 'clear_run_status', 'md5sum',
+           'library_versions', 'git_state', 'RunTimer', 'run_provenance']
 
 # %% ../nbs/00_core.ipynb #0cb2d849
 PROFILES = ('smoke', 'reduced', 'full')   # from smallest to largest
@@ -127,6 +128,15 @@ def committed_profiles(chapter: str, root: str | Path | None = None) -> list[str
     return [p for p in PROFILES[1:] if any((base/p/'results').glob('seed*.json'))]
 
 # %% ../nbs/00_core.ipynb #79e226e4
+def current_umask() -> int:
+    "The process's umask (read from /proc on Linux, else set and restored at once)."
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    except OSError: pass
+    mask = os.umask(0o022); os.umask(mask)
+    return mask
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = 'w', encoding: str | None = 'utf-8'):
     "Open a temporary sibling of `path` for writing; it replaces `path` only if the `with` block finishes."
@@ -139,6 +149,7 @@ def atomic_open(path: str | Path, mode: str = 'w', encoding: str | None = 'utf-8
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a shared cache needs ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -165,6 +176,48 @@ def _json_default(o):
     if isinstance(o, torch.Tensor): return o.tolist()
     if isinstance(o, Path): return str(o)
     raise TypeError(f"Object of type {type(o).__name__} is not JSON serialisable")
+
+# %% ../nbs/00_core.ipynb #90248980
+_RUN_STATUS: dict = {}   # the current run of this process: {'path': Path, 'fields': dict}
+
+def run_status_path(chapter: str, profile: str) -> Path:
+    "`runs/<profile>/status/<chapter>.json`: where a running chapter says which part, seed and epoch it is in."
+    return runs_dir()/check_profile(profile)/'status'/f'{chapter}.json'
+
+def _write_status(path: Path, fields: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    tmp.write_text(json.dumps(fields, sort_keys=True, default=_json_default), encoding='utf-8')
+    os.replace(tmp, path)
+
+def write_run_status(chapter: str, profile: str, **fields) -> Path:
+    "Merge `fields` (e.g. part, seed, epoch, epochs; None removes one) into the status of this run and make it current."
+    path = run_status_path(chapter, profile)
+    if _RUN_STATUS.get('path') != path:
+        _RUN_STATUS.update(path=path, fields={'chapter': chapter, 'profile': profile, 'pid': os.getpid()})
+    status = _RUN_STATUS['fields']
+    for k, v in fields.items():
+        if v is None: status.pop(k, None)
+        else: status[k] = v
+    status['updated_at'] = datetime.now(timezone.utc).isoformat(timespec='seconds')
+    _write_status(path, status)
+    return path
+
+def update_run_status(**fields) -> Path | None:
+    "`write_run_status` for the current run of this process (None, and nothing written, when there is none)."
+    if not _RUN_STATUS: return None
+    s = _RUN_STATUS['fields']
+    return write_run_status(s['chapter'], s['profile'], **fields)
+
+def read_run_status(chapter: str, profile: str) -> dict | None:
+    "The last status a run of `chapter` wrote, or None when there is none (or it cannot be read)."
+    try: return json.loads(run_status_path(chapter, profile).read_text(encoding='utf-8'))
+    except (OSError, ValueError): return None
+
+def clear_run_status(chapter: str, profile: str):
+    "Remove the status file (before a new run starts, so an old one is never read as the new run's)."
+    run_status_path(chapter, profile).unlink(missing_ok=True)
+    if _RUN_STATUS.get('path') == run_status_path(chapter, profile): _RUN_STATUS.clear()
 
 # %% ../nbs/00_core.ipynb #1d47b26b
 def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -61,12 +61,31 @@ def dataset_files(name: str, size: int = 28) -> list[DataFile]:
     return [DataFile(name, f'{name}{flag}.npz', info[f'MD5{flag}'], info[f'url{flag}'])]
 
 # %% ../nbs/01_data.ipynb #08361b1e
+def _unreadable(path, e: OSError, fix: str) -> DataError:
+    "One line: which file could not be read, why, and how to fix it."
+    name = e.filename or path
+    return DataError(f"cannot read {name} ({e.strerror or type(e).__name__}): give your user read access "
+                     f"(`chmod a+r` the file, `chmod a+x` its folders) or {fix}.")
+
+_CACHE_FIX = 'set MEDCL_DATA to a cache folder of your own'
+
+def _unwritable(path, e: OSError) -> DataError:
+    return DataError(f"cannot write {e.filename or path} ({e.strerror or type(e).__name__}): make the cache folder "
+                     f"writable for your user or {_CACHE_FIX}.")
+_MIRROR_FIX = 'unset MEDCL_DATA_MIRROR to download instead'
+
+def _exists(path: Path, fix: str) -> bool:
+    "`path.exists()`, but a folder on the way that cannot be searched is a one-line DataError, not a traceback."
+    try: os.stat(path); return True
+    except (FileNotFoundError, NotADirectoryError): return False
+    except OSError as e: raise _unreadable(path, e, fix) from None
+
 def mirror_dir() -> Path | None:
     "The folder named by `$MEDCL_DATA_MIRROR`, or None; a variable naming something that is not a folder is an error."
     m = os.environ.get('MEDCL_DATA_MIRROR')
     if not m: return None
     p = Path(m).expanduser()
-    if not p.is_dir():
+    if not (_exists(p, _MIRROR_FIX) and p.is_dir()):
         raise DataError(f"MEDCL_DATA_MIRROR={m!r} is not a folder: point it at a folder of verified dataset files "
                         "(for example ../shared/data) or unset it to download instead.")
     return p.resolve()
@@ -85,8 +104,12 @@ def _damage(path: Path) -> str:
         return f"{size} bytes and not a complete npz archive (a truncated or interrupted download?)"
     return f"{size} bytes"
 
+def _md5(path: Path, fix: str) -> str:
+    try: return md5sum(path)
+    except OSError as e: raise _unreadable(path, e, fix) from None
+
 def _verified(path: Path, f: DataFile, root: Path, where: str) -> Path:
-    actual = md5sum(path)
+    actual = _md5(path, _MIRROR_FIX if where == 'mirror' else _CACHE_FIX)
     if actual != f.md5:
         raise DataError(_explain(f, f"{where} file {path} has md5 {actual} ({_damage(path)}). "
                                     "Delete it and fetch a verified copy.", root))
@@ -94,11 +117,17 @@ def _verified(path: Path, f: DataFile, root: Path, where: str) -> Path:
 
 def _copy_verified(src: Path, dst: Path):
     "Copy src to dst atomically (dst never exists half-written)."
-    with open(src, 'rb') as fi, atomic_open(dst, 'wb') as fo: shutil.copyfileobj(fi, fo)
+    try: fi = open(src, 'rb')
+    except OSError as e: raise _unreadable(src, e, _MIRROR_FIX) from None
+    try:
+        with fi, atomic_open(dst, 'wb') as fo: shutil.copyfileobj(fi, fo)
+    except OSError as e: raise _unwritable(dst, e) from None
 
 def _download(f: DataFile, dst: Path, root: Path):
     from torchvision.datasets.utils import download_url
-    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+    try: tmpdir = tempfile.TemporaryDirectory(dir=dst.parent)
+    except OSError as e: raise _unwritable(dst.parent, e) from None
+    with tmpdir as tmp:
         try: download_url(f.url, root=tmp, filename=dst.name, md5=None)
         except Exception as e:
             raise DataError(_explain(f, f"{f.relpath} is missing from the cache and the download failed "
@@ -114,10 +143,11 @@ def ensure_file(f: DataFile, root: str | Path | None = None, download: bool = Tr
     "Return the cached path of `f` after verifying its md5; copy it from the mirror or download it first if missing."
     root = Path(root) if root else data_dir()
     dst = root/f.relpath
-    if dst.exists(): return _verified(dst, f, root, 'cached')
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    if _exists(dst, _CACHE_FIX): return _verified(dst, f, root, 'cached')
+    try: dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise _unwritable(dst.parent, e) from None
     mirror = mirror_dir()
-    if mirror is not None and (mirror/f.relpath).is_file():
+    if mirror is not None and _exists(mirror/f.relpath, _MIRROR_FIX):
         _verified(mirror/f.relpath, f, root, 'mirror')
         _copy_verified(mirror/f.relpath, dst)
         return _verified(dst, f, root, 'copied')
@@ -132,17 +162,28 @@ def fetch_dataset(name: str, size: int = 28, root=None, download: bool = True) -
     return {f.relpath: (ensure_file(f, root, download), f.md5)[1] for f in dataset_files(name, size)}
 
 # %% ../nbs/01_data.ipynb #23a604bc
+def _file_status(path: Path, md5: str, fix: str) -> tuple[str, str | None]:
+    "(`verified` | `missing` | `wrong md5` | `unreadable`, the one-line reason when unreadable)."
+    try:
+        if not _exists(path, fix): return 'missing', None
+        return ('verified' if _md5(path, fix) == md5 else 'wrong md5'), None
+    except DataError as e: return 'unreadable', str(e)
+
 def dataset_status(name: str, size: int = 28, root=None) -> list[dict]:
-    "One row per file of `name`: `verified`, `missing` or `wrong md5`, and whether the mirror has it. Changes nothing."
+    "One row per file of `name`: its status in the cache and, when it is not verified there, in the mirror. Changes nothing."
     root = Path(root) if root else data_dir()
     try: mirror = mirror_dir()
     except DataError: mirror = None
     rows = []
     for f in dataset_files(name, size):
         p = root/f.relpath
-        status = 'missing' if not p.exists() else ('verified' if md5sum(p) == f.md5 else 'wrong md5')
-        rows.append({'dataset': name, 'file': f.relpath, 'status': status, 'expected_md5': f.md5,
-                     'in_mirror': bool(mirror and (mirror/f.relpath).is_file()), 'path': str(p)})
+        status, error = _file_status(p, f.md5, _CACHE_FIX)
+        in_mirror = None
+        if mirror is not None and status != 'verified':
+            in_mirror, mirror_error = _file_status(mirror/f.relpath, f.md5, _MIRROR_FIX)
+            error = error or mirror_error
+        rows.append({'dataset': name, 'file': f.relpath, 'status': status, 'expected_md5': f.md5, 'path': str(p),
+                     'mirror': in_mirror, 'in_mirror': in_mirror == 'verified', 'error': error})
     return rows
 
 # %% ../nbs/01_data.ipynb #0fd0d250

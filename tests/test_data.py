@@ -1,5 +1,5 @@
 """Data errors: missing file, corrupted byte, truncated file, unknown name, bad mirror; each says how to fix it."""
-import shutil
+import os, shutil
 from pathlib import Path
 
 import pytest
@@ -79,3 +79,35 @@ def test_splits_are_uint8_tensors(tmp_path, monkeypatch, source):
     assert s.images.dtype.is_floating_point is False and str(s.images.dtype) == 'torch.uint8'
     assert tuple(s.images.shape) == (INFO['breastmnist']['n_samples']['test'], 1, 28, 28)
     assert s.md5 == {'breastmnist.npz': MD5}
+
+
+def test_files_the_book_writes_have_ordinary_permissions(tmp_path, monkeypatch, source):
+    "A classroom shares one cache: files follow the umask (0o666 & ~umask), not mkstemp's private 0o600."
+    from medcl_nb.core import run_provenance
+    from medcl_nb.report import save_seed_result
+    monkeypatch.setenv('MEDCL_DATA_MIRROR', str(source))
+    monkeypatch.setenv('MEDCL_HOME', str(tmp_path))
+    old = os.umask(0o002)
+    try:
+        fetch_dataset('breastmnist', root=tmp_path/'cache')
+        saved = save_seed_result('demo', 'smoke', 0, {'row': {'accuracy': 0.5}}, run_provenance('smoke', [0], 'cpu'))
+    finally: os.umask(old)
+    assert (tmp_path/'cache'/'breastmnist.npz').stat().st_mode & 0o777 == 0o664
+    assert saved.stat().st_mode & 0o777 == 0o664
+
+
+def test_verify_says_when_the_mirror_has_a_wrong_md5_or_none_of_the_files(tmp_path, monkeypatch, capsys, source):
+    from medcl_nb.cli import data_verify
+    mirror, empty = tmp_path/'mirror', tmp_path/'empty'
+    mirror.mkdir(); empty.mkdir()
+    (mirror/'breastmnist.npz').write_bytes((source/'breastmnist.npz').read_bytes()[:5000])
+    shutil.copy(source/'retinamnist.npz', mirror)
+    monkeypatch.setenv('MEDCL_DATA', str(tmp_path/'cache'))
+    monkeypatch.setenv('MEDCL_DATA_MIRROR', str(mirror))
+    assert data_verify() == 1
+    rows = {l.split()[0] + ' ' + l.split()[1]: l for l in capsys.readouterr().out.splitlines() if l.startswith(('breast', 'retina'))}
+    assert 'wrong md5 in the mirror' in rows['breastmnist breastmnist.npz'] and 'missing' not in rows['breastmnist breastmnist.npz']
+    assert 'in MEDCL_DATA_MIRROR: run `medcl data fetch`' in rows['retinamnist retinamnist.npz']
+    monkeypatch.setenv('MEDCL_DATA_MIRROR', str(empty))
+    assert data_verify() == 1
+    assert f"MEDCL_DATA_MIRROR={empty} holds none of the book's 7 files" in capsys.readouterr().out
