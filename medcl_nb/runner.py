@@ -7,7 +7,8 @@ from __future__ import annotations
 import json, math, re, statistics, time
 from pathlib import Path
 
-from .core import RunTimer, atomic_write_json, check_profile, device_name, run_provenance, runs_dir
+from .core import (RunTimer, atomic_write_json, check_profile, device_name, run_provenance, runs_dir,
+                           write_run_status)
 from .report import load_results, save_seed_result, seeds_to_run
 from .train import measuring_plan
 
@@ -58,6 +59,7 @@ def plan_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, dev
     _check_parts(parts)
     seeds, start, lines = [int(s) for s in seeds], time.perf_counter(), []
     for part in parts:
+        write_run_status(chapter, profile, part=part, seed=seeds[0], epoch=None, epochs=None)
         with measuring_plan(steps) as m, RunTimer() as timer: run_one(part, seeds[0])
         est = timer.seconds - m.spent_s + m.estimated_s
         to_run = len(seeds_to_run(chapter, profile, seeds, part=part))
@@ -109,6 +111,7 @@ def run_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, devi
           + (f"; the plan is kept in {kept}" if kept else ''), flush=True)
     durations, start = {}, time.perf_counter()
     for i, (part, seed) in enumerate(todo):
+        write_run_status(chapter, profile, part=part, seed=seed, epoch=None, epochs=None)   # what Ctrl-C reports
         with RunTimer() as timer: rows, info = run_one(part, seed)
         md5 = data_md5(part) if callable(data_md5) else data_md5
         prov = run_provenance(profile, [seed], device, data_md5=md5, wall_time_s=timer.seconds, part=part,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import get_device, atomic_open
+from .core import get_device, atomic_open, update_run_status
 
 # %% auto #0
 __all__ = ['PROGRESS_MODES', 'SCHEDULER_INTERVALS', 'epoch_generator', 'batch_indices', 'autocast_context', 'needs_grad_scaler',
@@ -298,6 +298,7 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
             reporter.write(f"{desc}: resumed from {checkpoint_path} after epoch {start}/{epochs}{done}")
         if start >= epochs: return history
         for epoch in range(start, start + plan_epochs(epochs - start)):
+            update_run_status(epoch=epoch + 1, epochs=epochs)   # what an interrupted `medcl reproduce` reports
             model.train()  # every epoch: an on_epoch_end that evaluates may have left the model in eval mode
             t0 = time.perf_counter()
             loss_sum, steps, samples, extra_sums = 0.0, 0, 0, {}
