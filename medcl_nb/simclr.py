@@ -4,7 +4,7 @@
 
 # %% ../nbs/08b_simclr.ipynb #08afcd31
 from __future__ import annotations
-import copy, math
+import copy, math, time
 from dataclasses import replace
 
 import numpy as np
@@ -18,7 +18,8 @@ from .evaluate import classification_metrics
 from .losses import nt_xent_loss
 from .models import small_stem_resnet
 from .optim import lars, warmup_cosine_scheduler
-from .train import fit, batch_indices, epoch_generator, autocast_context
+from .train import (fit, batch_indices, epoch_generator, autocast_context, add_epoch_end_cost, plan_active,
+                            plan_batches, plan_epochs)
 
 # %% auto #0
 __all__ = ['to_network_input', 'SimCLRNet', 'pretraining_augment', 'fine_tuning_augment', 'bags_from_ids', 'BagSampler',
@@ -122,14 +123,17 @@ def fine_tune(encoder: nn.Module, splits: dict, n_classes: int, task: str, epoch
     x, y = splits['train']
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     best, best_state, best_epoch = -math.inf, None, 0      # -inf: the first epoch is kept even if its score is undefined
-    for epoch in range(epochs):
+    for epoch in range(plan_epochs(epochs)):                # a plan (04_train) times a few steps and stops
         model.train()
-        for idx in batch_indices(len(x), batch_size, generator=epoch_generator(seed, epoch, device), device=device):
+        batches = batch_indices(len(x), batch_size, generator=epoch_generator(seed, epoch, device), device=device)
+        for idx in plan_batches(batches, epochs, desc='fine-tune'):
             with autocast_context(device):
                 loss = F.cross_entropy(head(encoder(to_network_input(augment(x[idx])))).float(), y[idx])
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         xv, yv = splits['val']
+        t_val = time.perf_counter()
         score = classification_metrics(yv.cpu(), y_score=predict_proba(encoder, head, xv), task=task)[select]
+        if plan_active(): add_epoch_end_cost(time.perf_counter() - t_val)   # validation runs every epoch
         if not math.isfinite(score): score = -1.0
         if score > best: best, best_epoch, best_state = score, epoch + 1, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
