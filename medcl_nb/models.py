@@ -4,6 +4,8 @@
 
 # %% ../nbs/08a_models.ipynb #3d5ce7c9
 from __future__ import annotations
+import re
+
 from torch import nn
 
 # %% auto #0
@@ -12,11 +14,28 @@ __all__ = ['SMALL_STEM_ARCHS', 'small_stem_resnet', 'small_stem_densenet121']
 # %% ../nbs/08a_models.ipynb #8f983827
 SMALL_STEM_ARCHS = {'resnet18': 512, 'resnet50': 2048, 'wide_resnet50_2': 2048}   # name -> feature size
 
+def _narrow(arch: str) -> tuple[str, int] | None:
+    "'resnet18_w16' -> ('resnet18', 16); None for the standard names."
+    m = re.fullmatch(r'(resnet18|resnet50)_w(\d+)', arch)
+    return (m.group(1), int(m.group(2))) if m else None
+
 def small_stem_resnet(arch: str = 'resnet18', in_channels: int = 3) -> nn.Module:
-    "A randomly initialised torchvision ResNet with a 3×3 stride-1 stem, no max-pool and no head; `.dim` = feature size."
+    "A random-init ResNet with a 3×3 stride-1 stem, no max-pool, no head; `.dim` = feature size. `resnet18_w16`: 16-wide."
+    narrow = _narrow(arch)
+    if arch not in SMALL_STEM_ARCHS and not (narrow and 4 <= narrow[1] <= 64 and narrow[1] % 2 == 0):
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(SMALL_STEM_ARCHS)}, "
+                         "or resnet18_wN / resnet50_wN for a first stage N channels wide (N even, 4 to 64)")
+    if narrow:   # the same blocks and depths, every stage's width scaled: timm's ResNet takes the widths
+        from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+        base, w = narrow
+        block, layers = (BasicBlock, (2, 2, 2, 2)) if base == 'resnet18' else (Bottleneck, (3, 4, 6, 3))
+        # a 'deep' stem makes timm size the stem's output (and bn1) 2 × stem_width = w; we then swap in our 3×3 stem
+        net = ResNet(block, layers, channels=(w, 2 * w, 4 * w, 8 * w), stem_type='deep', stem_width=w // 2,
+                     in_chans=in_channels, num_classes=0)
+        net.conv1 = nn.Conv2d(in_channels, w, 3, 1, 1, bias=False)
+        net.maxpool, net.dim = nn.Identity(), 8 * w * block.expansion
+        return net
     import torchvision.models as tvm
-    if arch not in SMALL_STEM_ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(SMALL_STEM_ARCHS)}")
     net = getattr(tvm, arch)(weights=None)
     net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
     net.maxpool, net.fc = nn.Identity(), nn.Identity()
