@@ -17,9 +17,9 @@ __all__ = ['MINUS', 'PAPER_TABLE_COLUMNS', 'SHOW_RESULTS_CALL', 'SOLUTION_START'
            'PAGE_STYLE', 'BOOK_PARTS', 'fmt_number', 'human_title', 'markdown_table_html', 'paper_table_html',
            'chapter_status', 'status_badge', 'run_variants', 'variant_of_file', 'figure_caption', 'committed_files',
            'markdown_table_text', 'png_display_width', 'committed_results_html', 'show_committed_results',
-           'fill_committed_results', 'front_matter', 'illustration_cells', 'render_illustrations', 'illustrations_file',
-           'fill_illustrations', 'render_page', 'find_katex', 'copy_katex', 'search_entries', 'site_css', 'book_part',
-           'short_title', 'render_site', 'prepare_illustrations', 'build_site']
+           'results_chapter', 'fill_committed_results', 'front_matter', 'illustration_cells', 'render_illustrations',
+           'illustrations_file', 'fill_illustrations', 'render_page', 'find_katex', 'copy_katex', 'search_entries',
+           'site_css', 'book_part', 'short_title', 'render_site', 'prepare_illustrations', 'build_site']
 
 # %% ../nbs/06b_docs.ipynb #467f58d5
 MINUS = '\u2212'   # a real minus sign: '-0.105' reads as a hyphen in most fonts
@@ -289,17 +289,22 @@ def show_committed_results(chapter: str, root: str | Path | None = None):
 # %% ../nbs/06b_docs.ipynb #34124adb
 SHOW_RESULTS_CALL = re.compile(r"""^\s*show_committed_results\(\s*['"](\w+)['"]\s*\)\s*$""")
 
-def fill_committed_results(cell):
-    "nbdev processor: give a `show_committed_results('<chapter>')` cell the committed results as its output."
-    if cell.get('cell_type') != 'code': return
+def results_chapter(cell) -> str | None:
+    "The chapter of a code cell whose whole code is one `show_committed_results('<chapter>')` call, else None."
+    if cell.get('cell_type') != 'code': return None
     code = '\n'.join(l for l in cell.get('source', '').split('\n') if l.strip() and not l.lstrip().startswith('#'))
     match = SHOW_RESULTS_CALL.match(code)
-    if not match: return
+    return match.group(1) if match else None
+
+def fill_committed_results(cell):
+    "nbdev processor: give a `show_committed_results('<chapter>')` cell the committed results as its output."
+    chapter = results_chapter(cell)
+    if chapter is None: return
     tags = cell.setdefault('metadata', {}).setdefault('tags', [])
     if 'remove_input' not in tags: tags.append('remove_input')     # the page shows the block, not the call
     cell['outputs'] = [{'output_type': 'display_data', 'metadata': {},
-                        'data': {'text/html': committed_results_html(match.group(1)),
-                                 'text/plain': f'committed results of {match.group(1)}'}}]
+                        'data': {'text/html': committed_results_html(chapter),
+                                 'text/plain': f'committed results of {chapter}'}}]
 
 # %% ../nbs/06b_docs.ipynb #4a4146ea
 _DIRECTIVE = re.compile(r'^#\|\s*([\w-]+)\s*:?\s*(.*)$')
@@ -445,7 +450,7 @@ def _inline_code(text: str) -> str:
     return re.sub(r'`([^`]+)`', r'<code>\1</code>', html.escape(text))
 
 def _postprocess(body: str) -> tuple[str, list[tuple[int, str, str]]]:
-    "Fold long code cells, fold solutions, and list the page's h2/h3 headings as (level, id, text)."
+    "Fold long code cells and solutions, let long names in table cells wrap, and list the h2/h3 headings as (level, id, text)."
     from bs4 import BeautifulSoup
     soup = BeautifulSoup(body, 'html.parser')
     for cell in soup.select('div.code_cell'):
@@ -463,6 +468,9 @@ def _postprocess(body: str) -> tuple[str, list[tuple[int, str, str]]]:
             summary.append(soup.new_tag('code')); summary.code.string = first
             summary.append(f'  … {n} lines of code (show)')
         inp.wrap(details); details.insert(0, summary)
+    for cell in soup.find_all('td'):            # long snake_case names in a table may break after an underscore
+        for s in [s for s in cell.find_all(string=True) if re.search(r'\w{6,}_\w', s) and not s.find_parent(['code', 'pre'])]:
+            s.replace_with(BeautifulSoup(html.escape(s).replace('_', '_<wbr>'), 'html.parser'))
     toc = [(int(h.name[1]), h['id'], h.get_text().rstrip('¶').strip()) for h in soup.find_all(['h2', 'h3']) if h.get('id')]
     return str(soup), toc
 
@@ -476,14 +484,14 @@ def render_page(nb_path: str | Path, site_url: str = '') -> dict | None:
     nb = nbformat.read(nb_path, as_version=4)
     meta = front_matter(nb)
     if not meta.get('title'): return None
+    chapter = next((ch for cell in nb.cells if (ch := results_chapter(cell))), None)
     nb.cells = [c for cell in nb.cells if cell.cell_type != 'raw' for c in _prepare_cell(cell, site_url)]
     config = Config({'TagRemovePreprocessor': {'enabled': True, 'remove_input_tags': ['remove_input']}})
     body, _ = HTMLExporter(config=config, template_name='basic').from_notebook_node(nb)
     body, toc = _postprocess(body)
-    chapter = re.search(r'class="committed-results" data-chapter="(\w+)"', body)
     return {'name': meta.get('output-file') or Path(nb_path).with_suffix('.html').name, 'stem': Path(nb_path).stem,
             'title': meta['title'], 'description': meta.get('description', ''), 'body': body, 'toc': toc,
-            'chapter': chapter.group(1) if chapter else None}
+            'chapter': chapter}
 
 # %% ../nbs/06b_docs.ipynb #f8943d27
 KATEX_PLACES = ('node_modules/katex/dist', '/usr/share/javascript/katex')
@@ -622,7 +630,8 @@ details.solution { border: 1px dashed #d4a72c; border-radius: 5px; padding: 0 0.
 table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.84rem; max-width: 100%; }
 th, td { border: 1px solid var(--line); padding: 0.22rem 0.5rem; text-align: left; vertical-align: top; overflow-wrap: break-word; }
 thead th { background: #f3f5f8; }
-.rendered_html table { width: auto; }
+.rendered_html table { width: auto; font-size: 0.8rem; }
+.rendered_html th, .rendered_html td { padding: 0.2rem 0.35rem; }
 .table-wrap { max-width: 100%; overflow-x: auto; }
 table.paper-shape td { font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.paper-shape td.paper { color: var(--muted); }
