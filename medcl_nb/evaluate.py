@@ -271,7 +271,8 @@ def plot_elbow(result: ElbowResult, ax=None, title: str = 'KMeans elbow'):
     if ax is None: _, ax = plt.subplots(figsize=(4, 3))
     ax.plot(result.k_values, result.inertias, 'o-', color='tab:blue')
     ax.axvline(result.best_k, color='tab:red', ls='--', label=f'elbow: k = {result.best_k}')
-    ax.set(xlabel='k (clusters)', ylabel='inertia', title=title, xticks=result.k_values)
+    ks = list(result.k_values)
+    ax.set(xlabel='k (clusters)', ylabel='inertia', title=title, xticks=ks[::max(1, -(-len(ks) // 10))])  # at most 10 labels
     ax.legend()
     return ax
 
@@ -298,7 +299,9 @@ def _draw_panel(coords, hue, title, ax, hue_name):
     palette = sns.color_palette('tab10' if len(cats) <= 10 else 'husl', len(cats))
     sns.scatterplot(x=coords[:, 0], y=coords[:, 1], hue=hue_cat, palette=palette, s=10, linewidth=0, ax=ax)
     ax.set(title=title, xticks=[], yticks=[])
-    if ax.get_legend() is not None: ax.legend(title=hue_name, fontsize=7, title_fontsize=8, markerscale=1.5, loc='best')
+    if ax.get_legend() is not None:   # below the panel, where it hides no point; no title when the panel's says it
+        ax.legend(title=None if hue_name == title else hue_name, fontsize=8, title_fontsize=8, markerscale=2, frameon=False,
+                  loc='upper center', bbox_to_anchor=(0.5, -0.01), ncol=min(len(cats), 5), columnspacing=0.8, handletextpad=0.2)
     return ax
 
 def tsne_panels(emb, hues: dict, seed: int = 0, perplexity: float = 30., max_points: int = 2000,
