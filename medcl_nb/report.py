@@ -190,6 +190,8 @@ def claim_verdict(results: list[dict],       # per-seed results of one profile, 
                   confidence: float = 0.95,  # of the t-interval
                  ) -> dict:
     "Paired verdict on 'better beats worse': mean per-seed Δ, its t-interval over seeds, and reproduced / contradicted / inconclusive / not run."
+    if isinstance(results, pd.DataFrame):
+        raise TypeError("claim_verdict pairs seeds, so it takes the per-seed results (load_results), not a comparison table")
     profiles = {r['profile'] for r in results}
     if len(profiles) > 1: raise ValueError(f"results mix profiles {sorted(profiles)}: a verdict uses one profile")
     b, w = _per_seed(results, better, metric), _per_seed(results, worse, metric)
