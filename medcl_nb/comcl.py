@@ -110,15 +110,20 @@ def hard_negative_count(step: int, total_steps: int, n_negatives: int) -> int:
     "K_t = floor(delta * cos(pi t / 2T)), at least 1 (Eq. 2's schedule)."
     return max(1, math.floor(n_negatives * math.cos(math.pi * min(step, total_steps) / (2 * max(total_steps, 1)))))
 
-def level_infonce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, temperature: float = 0.07,
-                  k_hard: int | None = None) -> torch.Tensor:
-    "Per-anchor InfoNCE (Eq. 1) against the other level's embeddings, keeping the `k_hard` most similar negatives."
-    a, p, n = (F.normalize(t.float(), dim=1) for t in (anchor, positive, negatives))
-    pos = (a * p).sum(1, keepdim=True) / temperature
-    neg = a @ n.T / temperature
-    if k_hard is not None and k_hard < neg.shape[1]: neg = neg.topk(k_hard, dim=1).values
-    logits = torch.cat([pos, neg], 1)
-    return torch.logsumexp(logits, 1) - pos[:, 0]
+def level_infonce(anchor: torch.Tensor,       # first views of one level, (B, D)
+                  positive: torch.Tensor,     # second views of the same patches, (B, D)
+                  negatives: torch.Tensor,    # first views of the other level, (M, D)
+                  temperature: float = 0.07,  # τ of Eq. 1
+                  k_hard: int | None = None,  # K_t of Eq. 2: keep the k most similar negatives (None: all)
+                 ) -> torch.Tensor:           # (B,) per-anchor losses, float32
+    "Per-anchor InfoNCE (Hou et al., Eq. 1) with hard-negative mining (Eq. 2), similarities in float32 even under autocast."
+    with torch.autocast(device_type=anchor.device.type, enabled=False):
+        a, p, n = (F.normalize(t.float(), dim=1) for t in (anchor, positive, negatives))
+        pos = (a * p).sum(1, keepdim=True) / temperature
+        neg = a @ n.T / temperature
+        if k_hard is not None and k_hard < neg.shape[1]: neg = neg.topk(k_hard, dim=1).values
+        logits = torch.cat([pos, neg], 1)
+        return torch.logsumexp(logits, 1) - pos[:, 0]
 
 def self_paced_mask(losses: torch.Tensor, k_t: int, n_negatives: int, min_share: float = 0.5) -> torch.Tensor:
     "Select the easiest max(min_share, 1 - k_t / delta) share of the anchors (at least one)."

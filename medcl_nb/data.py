@@ -255,18 +255,39 @@ def load_dataset(name: str, size: int = 28, device='cpu', root=None, download: b
     return {s: load_split(name, s, size, device, root, download) for s in splits}
 
 # %% ../nbs/01_data.ipynb #0976ed83
-def stratified_indices(labels: torch.Tensor, n: int | float, seed: int = 0) -> torch.Tensor:
-    "Indices of a class-stratified random sample: `n` items, or a fraction of them when `n` is a float in (0, 1]."
+def _strata(labels: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    "Stratum id per sample: the class for (N,) or (N, 1) labels; the distinct label vector for multi-label (N, C)."
     y = labels.detach().cpu()
-    y = y if y.ndim == 1 else y.argmax(1)  # multi-label: stratify by the first positive label
+    if y.ndim == 2 and y.shape[1] == 1: y = y[:, 0]
+    if y.ndim == 1: return y, False
+    if y.ndim != 2: raise ValueError(f"labels must be (N,), (N, 1) or multi-label (N, C), got shape {tuple(y.shape)}")
+    return torch.unique(y, dim=0, return_inverse=True)[1], True
+
+def _quotas(sizes: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    "Largest-remainder shares of `n` over strata of `sizes` (sum exactly n); ties broken by a seeded draw."
+    exact = n * sizes.double() / sizes.sum()
+    quota = exact.floor().long()
+    order = torch.randperm(len(sizes), generator=g)
+    by_remainder = order[torch.argsort((exact - quota)[order], descending=True, stable=True)]
+    quota[by_remainder[:n - int(quota.sum())]] += 1
+    return quota
+
+def stratified_indices(labels: torch.Tensor,  # (N,) classes, or multi-label (N, C) 0/1
+                       n: int | float,        # how many, or a fraction in (0, 1]
+                       seed: int = 0,
+                      ) -> torch.Tensor:      # (n,) sorted int64 indices
+    "Indices of a stratified, seeded random sample: strata are the classes, or the distinct label vectors of multi-label targets."
+    y, multi = _strata(labels)
     total = len(y)
     n = round(n * total) if isinstance(n, float) else int(n)
     if not 0 < n <= total: raise ValueError(f"cannot take {n} of {total} samples")
     g = torch.Generator().manual_seed(seed)
+    strata = torch.unique(y)
+    quota = _quotas(torch.stack([(y == c).sum() for c in strata]), n, g) if multi else None
     picked = []
-    for c in torch.unique(y):
+    for i, c in enumerate(strata):
         idx = torch.nonzero(y == c).flatten()
-        k = max(1, round(n * len(idx) / total))
+        k = int(quota[i]) if multi else max(1, round(n * len(idx) / total))
         picked.append(idx[torch.randperm(len(idx), generator=g)[:k]])
     idx = torch.cat(picked)
     idx = idx[torch.randperm(len(idx), generator=g)][:n]

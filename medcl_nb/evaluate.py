@@ -23,9 +23,9 @@ from .core import get_device, seeded_rng
 
 # %% auto #0
 __all__ = ['TASKS', 'METRIC_AVERAGES', 'task_kind', 'to_numpy', 'as_label_vector', 'roc_auc', 'classification_metrics',
-           'knn_predict', 'ProbeResult', 'linear_probe', 'ElbowResult', 'elbow_k', 'kmeans_elbow',
-           'cluster_label_mapping', 'map_clusters', 'plot_elbow', 'subsample_index', 'tsne_embed', 'tsne_panels',
-           'tsne_plot']
+           'knn_predict', 'standardize_features', 'ProbeResult', 'linear_probe', 'majority_class_scores',
+           'probe_baselines', 'ElbowResult', 'elbow_k', 'kmeans_elbow', 'cluster_label_mapping', 'map_clusters',
+           'plot_elbow', 'subsample_index', 'tsne_embed', 'tsne_panels', 'tsne_plot']
 
 # %% ../nbs/03_evaluate.ipynb #a48c5793
 TASKS = ('binary', 'multi-class', 'multi-label')
@@ -178,20 +178,34 @@ def knn_predict(bank_emb, bank_labels, query_emb, k: int = 5, n_classes: int | N
     return torch.cat(preds), torch.cat(scores)
 
 # %% ../nbs/03_evaluate.ipynb #d993b5c3
+def standardize_features(train: torch.Tensor,   # (N, D) features the statistics are fitted on
+                         *others: torch.Tensor,  # (M, D) features standardised with the training statistics
+                        ) -> tuple:              # (train_std, *others_std, mean (D,), scale (D,))
+    "Shift and scale every feature by the mean and (population) sd of `train` only; constant features keep scale 1."
+    mean = train.mean(0)
+    scale = train.std(0, unbiased=False)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (*[(t - mean) / scale for t in (train, *others)], mean, scale)
+
+# %% ../nbs/03_evaluate.ipynb #f50b09c1
 @dataclass
 class ProbeResult:
-    "A fitted linear probe, its per-epoch mean training loss, and predictions/probabilities for the eval sets."
+    "A fitted linear probe, its per-epoch mean training loss, predictions/probabilities, and its input scaler."
     model: nn.Linear
     preds: dict | torch.Tensor
     probs: dict | torch.Tensor
     losses: list = field(default_factory=list)
+    mean: torch.Tensor | None = None    # the scaler the model's inputs went through (None: not standardised)
+    scale: torch.Tensor | None = None
 
 def linear_probe(train_emb, train_labels, eval_embs, n_classes: int, epochs: int = 200, lr: float = 3e-4,
                  batch_size: int = 256, weight_decay: float = 0., device='auto', seed: int = 0,
-                 task: str = 'multi-class') -> ProbeResult:
-    "Train one linear layer with Adam on frozen embeddings; predict on `eval_embs` (a tensor or a dict of them)."
+                 task: str = 'multi-class', standardize: bool = True) -> ProbeResult:
+    "Train one linear layer with Adam on frozen (N, D) embeddings, standardised on the training set; predict `eval_embs` (a tensor or a dict)."
     task, device = task_kind(task), get_device(device)
     x = _as_tensor(train_emb, device=device, dtype=torch.float32)
+    mean = scale = None
+    if standardize: x, mean, scale = standardize_features(x)
     if task == 'multi-label':
         y = _as_tensor(train_labels, device=device, dtype=torch.float32)
         n_out, loss_fn = y.shape[1], nn.BCEWithLogitsLoss()
@@ -219,12 +233,53 @@ def linear_probe(train_emb, train_labels, eval_embs, n_classes: int, epochs: int
     with torch.no_grad():
         for name, e in ({'eval': eval_embs} if single else eval_embs).items():
             e = _as_tensor(e, dtype=torch.float32)
-            logits = torch.cat([model(e[s:s + 4096].to(device)) for s in range(0, len(e), 4096)]) if len(e) else \
+            def logits_of(chunk):
+                chunk = chunk.to(device)
+                return model((chunk - mean) / scale if standardize else chunk)
+            logits = torch.cat([logits_of(e[s:s + 4096]) for s in range(0, len(e), 4096)]) if len(e) else \
                      torch.zeros(0, n_out, device=device)
             if task == 'multi-label': probs[name] = logits.sigmoid(); preds[name] = (probs[name] > 0.5).long()
             else: probs[name] = logits.softmax(1); preds[name] = probs[name].argmax(1)
     if single: preds, probs = preds['eval'], probs['eval']
-    return ProbeResult(model, preds, probs, losses)
+    return ProbeResult(model, preds, probs, losses, mean, scale)
+
+# %% ../nbs/03_evaluate.ipynb #9be29ed6
+def majority_class_scores(train_labels,   # (N,) classes, (N, 1) MedMNIST labels, or multi-label (N, L) 0/1
+                          n_eval: int,    # rows to score
+                          n_classes: int, # number of classes (ignored for multi-label)
+                         ) -> np.ndarray:  # (n_eval, n_classes) or (n_eval, L), every row the training frequencies
+    "Constant scores equal to the training class (or per-label positive) frequencies: AUC 0.5, accuracy the majority share."
+    y = to_numpy(train_labels)
+    if y.ndim == 2 and y.shape[1] > 1: freq = y.astype(np.float64).mean(0)
+    else:
+        y = as_label_vector(y)
+        if y.max(initial=0) >= n_classes: raise ValueError(f"train_labels has label {y.max()} but n_classes is {n_classes}.")
+        freq = np.bincount(y, minlength=n_classes) / max(len(y), 1)
+    return np.tile(freq, (int(n_eval), 1))
+
+# %% ../nbs/03_evaluate.ipynb #987457f6
+def _flat_features(x, device) -> torch.Tensor:
+    t = _as_tensor(x, device=device, dtype=torch.float32)
+    return t.flatten(1) if t.ndim > 2 else t
+
+def probe_baselines(train_x,             # (N, ...) images (flattened here) or features, the probes' training set
+                    train_y,             # (N,) classes or (N, L) multi-label targets
+                    evals: dict,         # {split: (x, y)} to score, e.g. {'val': (...), 'test': (...)}
+                    n_classes: int, task: str,
+                    k: int = 5,          # neighbours of the kNN vote
+                    seed: int = 0, epochs: int = 100, lr: float = 1e-3, device='auto') -> dict:
+    "kNN and linear probe on standardised features (scaler fit on `train_x` only): `{'knn': {split: metrics}, 'linear': {split: metrics}}`."
+    task, device = task_kind(task), get_device(device)
+    names = list(evals)
+    x, *ex, _, _ = standardize_features(_flat_features(train_x, device), *[_flat_features(evals[s][0], device) for s in names])
+    probe = linear_probe(x, train_y, dict(zip(names, ex)), n_classes, epochs=epochs, lr=lr, device=device, seed=seed,
+                         task=task, standardize=False)
+    out = {'knn': {}, 'linear': {}}
+    for s, e in zip(names, ex):
+        pred, score = knn_predict(x, _as_tensor(train_y), e, k=k, n_classes=None if task == 'multi-label' else n_classes)
+        out['knn'][s] = classification_metrics(evals[s][1], pred, score, task)
+        out['linear'][s] = classification_metrics(evals[s][1], probe.preds[s], probe.probs[s], task)
+    return out
 
 # %% ../nbs/03_evaluate.ipynb #678f088f
 @dataclass

@@ -11,12 +11,17 @@ import torch.nn.functional as F
 __all__ = ['MULTI_POSITIVE_COMBINES', 'nt_xent_loss', 'multi_positive_nt_xent', 'positive_mask_from_groups']
 
 # %% ../nbs/07_losses.ipynb #c97af7d9
-def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    "SimCLR's NT-Xent of two (N, D) batches of views (row i of `z1` and of `z2` are a positive pair), in float32, averaged over the 2N anchors."
+def nt_xent_loss(z1: torch.Tensor,          # first views, (N, D); N >= 2
+                 z2: torch.Tensor,          # second views, (N, D); row i of z1 and of z2 are a positive pair
+                 temperature: float = 0.5,  # τ, the softmax temperature
+                ) -> torch.Tensor:          # scalar, float32
+    "SimCLR's NT-Xent (Chen et al. 2020, Eq. 1) of two batches of views, in float32, averaged over the 2N anchors."
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be (N, D) with the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     if temperature <= 0: raise ValueError(f"temperature must be positive, got {temperature}")
     n = z1.shape[0]
+    if n < 2: raise ValueError(f"NT-Xent needs at least 2 pairs per batch (the other pairs are the negatives), got {n}: "
+                               "drop or merge a last batch of one pair")
     with torch.autocast(device_type=z1.device.type, enabled=False):
         z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
         logits = (z @ z.T) / temperature
@@ -27,9 +32,12 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
 # %% ../nbs/07_losses.ipynb #3a7ba227
 MULTI_POSITIVE_COMBINES = ('mean_log', 'log_sum')
 
-def multi_positive_nt_xent(z: torch.Tensor, positive_mask: torch.Tensor, temperature: float = 0.5,
-                           combine: str = 'mean_log') -> torch.Tensor:
-    "NT-Xent of (M, D) embeddings whose positives are `positive_mask[i, p]` (diagonal ignored), in float32, averaged over the anchors that have a positive."
+def multi_positive_nt_xent(z: torch.Tensor,              # embeddings, (M, D)
+                           positive_mask: torch.Tensor,  # bool (M, M): row p is a positive of anchor i
+                           temperature: float = 0.5,     # τ, the softmax temperature
+                           combine: str = 'mean_log',    # 'mean_log' (SupCon's L_out) or 'log_sum' (solo-learn)
+                          ) -> torch.Tensor:             # scalar, float32
+    "NT-Xent with positives from a mask (MICLe, Azizi et al. 2021; SupCon Eq. 2), in float32, averaged over the anchors that have a positive."
     if combine not in MULTI_POSITIVE_COMBINES:
         raise ValueError(f"combine must be one of {', '.join(MULTI_POSITIVE_COMBINES)}, not {combine!r}")
     m = z.shape[0]
@@ -43,6 +51,9 @@ def multi_positive_nt_xent(z: torch.Tensor, positive_mask: torch.Tensor, tempera
         positives = positive_mask.to(device=z.device, dtype=torch.bool) & not_self
         has_positive = positives.any(dim=1)
         if not has_positive.any(): raise ValueError("no row of positive_mask has a positive (off the diagonal)")
+        lonely = has_positive & ~(not_self & ~positives).any(dim=1)
+        if lonely.any(): raise ValueError(f"anchors {lonely.nonzero()[:, 0].tolist()[:5]} have no negative (every other row "
+                                          "is a positive): a batch needs at least two groups")
         logits = ((z[has_positive] @ z.T) / temperature).masked_fill(~not_self[has_positive], float('-inf'))
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # log softmax over all k != i
         positives = positives[has_positive]

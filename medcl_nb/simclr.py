@@ -23,7 +23,7 @@ from .train import (fit, batch_indices, epoch_generator, autocast_context, add_e
 
 # %% auto #0
 __all__ = ['to_network_input', 'SimCLRNet', 'pretraining_augment', 'fine_tuning_augment', 'bags_from_ids', 'BagSampler',
-           'simclr_optimizer', 'pretrain_simclr', 'predict_proba', 'fine_tune']
+           'contrastive_batches', 'simclr_optimizer', 'pretrain_simclr', 'predict_proba', 'fine_tune']
 
 # %% ../nbs/08b_simclr.ipynb #46d35e5c
 def to_network_input(x: torch.Tensor) -> torch.Tensor:
@@ -74,6 +74,19 @@ class BagSampler:
         other = (first + 1 + (torch.rand(len(bags), generator=generator) * (size - 1)).long()) % size   # != first if size > 1
         return self.order[start + first], self.order[start + other]
 
+# %% ../nbs/08b_simclr.ipynb #92ba6e9f
+def contrastive_batches(n: int,                  # images to batch
+                        batch_size: int,         # images (pairs) per batch, at least 2
+                        drop_last: bool = False, # drop a short last batch instead of keeping it
+                        generator: torch.Generator | None = None, device='cpu') -> list[torch.Tensor]:
+    "`batch_indices` for a contrastive loss: a last batch of one image is merged into the previous batch; `n < 2` is an error."
+    if n < 2 or batch_size < 2:
+        raise ValueError(f"a contrastive batch needs at least 2 images (the other pairs are the negatives), got "
+                         f"n={n}, batch_size={batch_size}")
+    batches = list(batch_indices(n, batch_size, drop_last=drop_last, generator=generator, device=device))
+    if len(batches) > 1 and len(batches[-1]) == 1: batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
 # %% ../nbs/08b_simclr.ipynb #eb37f110
 def simclr_optimizer(model: nn.Module, batch_size: int, epochs: int, steps_per_epoch: int):
     "SimCLR's recipe: LARS at lr = 0.3 · batch / 256, linear warm-up over 10 % of the epochs, cosine decay to 0 (per step)."
@@ -89,11 +102,14 @@ def pretrain_simclr(net: SimCLRNet, images, augment: BatchAugment, epochs: int, 
     "SimCLR (or MICLe, given `bags`) pretraining of `net` in place; `images` is a uint8 tensor or `epoch -> tensor`."
     source = images if callable(images) else (lambda epoch: images)
     n = len(source(0))
+    if (bags.n_bags if bags is not None else n) < 2:
+        raise ValueError(f"pretraining needs at least 2 {'bags' if bags is not None else 'images'} per batch (the other "
+                         f"pairs are the negatives), got {bags.n_bags if bags is not None else n}")
     steps = max(1, n // batch_size)
     def batches(epoch):
         x = source(epoch)
         if bags is None:
-            for idx in batch_indices(n, batch_size, drop_last=n >= batch_size, generator=epoch_generator(seed, epoch, device), device=device):
+            for idx in contrastive_batches(n, batch_size, drop_last=n >= batch_size, generator=epoch_generator(seed, epoch, device), device=device):
                 yield augment(x[idx]), augment(x[idx])
             return
         # MICLe: as many steps per epoch as SimCLR on the same images, each a batch of distinct bags (never two

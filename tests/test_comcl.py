@@ -61,3 +61,17 @@ def test_patches_follow_the_detection():
     assert (centre[0] - torch.tensor([7., 19.])).abs().max() <= 1
     patch = crop_patches(x, centre)
     assert patch.float().max() > 200                          # the blob is inside its patch
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_similarities_are_float32_under_bf16_autocast(seed):
+    # the failing case: inside bf16 autocast the negatives' matmul ran in bf16 and swapped nearly tied anchors in and
+    # out of the self-paced selection (4 of these 5 batches)
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(512, 64, generator=g); p = a + 0.5 * torch.randn(512, 64, generator=g); n = torch.randn(512, 64, generator=g)
+    exact = level_infonce(a, p, n, 0.07, k_hard=256)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        under_autocast = level_infonce(a, p, n, 0.07, k_hard=256)
+    assert under_autocast.dtype == torch.float32
+    assert torch.allclose(under_autocast, exact, atol=1e-6)
+    assert torch.equal(self_paced_mask(under_autocast, 256, 512), self_paced_mask(exact, 256, 512))

@@ -1,11 +1,13 @@
-"""Data errors: missing file, corrupted byte, truncated file, unknown name, bad mirror; each says how to fix it."""
+"""Data errors: missing file, corrupted byte, truncated file, unknown name, bad mirror; each says how to fix it.
+Stratified subsets of multi-label targets keep the share of every label vector."""
 import os, shutil
 from pathlib import Path
 
 import pytest
+import torch
 from medmnist import INFO
 
-from medcl_nb.data import DataError, dataset_status, fetch_dataset, load_split
+from medcl_nb.data import DataError, dataset_status, fetch_dataset, load_split, stratified_indices
 
 MD5 = INFO['breastmnist']['MD5']
 
@@ -111,3 +113,31 @@ def test_verify_says_when_the_mirror_has_a_wrong_md5_or_none_of_the_files(tmp_pa
     monkeypatch.setenv('MEDCL_DATA_MIRROR', str(empty))
     assert data_verify() == 1
     assert f"MEDCL_DATA_MIRROR={empty} holds none of the book's 7 files" in capsys.readouterr().out
+
+
+# stratified_indices on multi-label targets: the failing case was "no finding" rows sharing label 0's stratum
+MULTI_PATTERNS = {(0, 0, 0, 0): 520, (1, 0, 0, 0): 160, (0, 1, 0, 0): 120, (1, 0, 1, 0): 80, (0, 0, 0, 1): 60,
+                  (0, 1, 1, 1): 40, (1, 1, 1, 1): 20}
+
+
+def _multi_label_set(seed=0):
+    rows = [p for p, count in MULTI_PATTERNS.items() for _ in range(count)]
+    return torch.tensor(rows)[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
+
+
+@pytest.mark.parametrize('n', [50, 100, 0.25, 333])
+@pytest.mark.parametrize('seed', [0, 1, 7])
+def test_multi_label_strata_are_label_vectors_and_keep_their_share(n, seed):
+    y = _multi_label_set(seed)
+    idx = stratified_indices(y, n, seed=seed)
+    k = round(n * len(y)) if isinstance(n, float) else n
+    assert len(idx) == k == len(idx.unique())
+    for pattern, count in MULTI_PATTERNS.items():
+        got = int((y[idx] == torch.tensor(pattern)).all(1).sum())
+        assert abs(got - k * count / len(y)) < 1, (pattern, got, k * count / len(y))   # each within one of its share
+
+
+def test_single_label_column_is_stratified_by_class():
+    y = torch.tensor([0] * 80 + [1] * 20)[:, None]                # MedMNIST's raw (N, 1) labels
+    idx = stratified_indices(y, 10, seed=0)
+    assert int(y[idx].sum()) == 2

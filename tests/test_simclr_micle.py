@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from medcl_nb.simclr import BagSampler, bags_from_ids, pretraining_augment, SimCLRNet
+from medcl_nb.simclr import BagSampler, bags_from_ids, contrastive_batches, pretraining_augment, SimCLRNet
 from medcl_nb.simclr_micle import natural_crops, natural_photos, NATURAL_PHOTOS
 
 
@@ -42,3 +42,19 @@ def test_simclr_net_accepts_grey_and_colour_uint8():
     net = SimCLRNet('resnet18')
     for c in (1, 3):
         assert net(torch.randint(0, 255, (2, c, 28, 28), dtype=torch.uint8)).shape == (2, 128)
+
+
+@pytest.mark.parametrize('n,batch', [(257, 256), (513, 256), (9, 4), (2, 256), (255, 256)])
+@pytest.mark.parametrize('drop_last', [False, True])
+def test_contrastive_batches_never_hold_a_lone_pair(n, batch, drop_last):
+    # the failing case: 257 images at batch 256 left a last batch of one pair (NT-Xent 0, gradient 0)
+    batches = contrastive_batches(n, batch, drop_last=drop_last, generator=torch.Generator().manual_seed(0))
+    assert all(len(b) >= 2 for b in batches)
+    every = torch.cat(batches) if batches else torch.zeros(0, dtype=torch.long)   # drop_last below one batch: none
+    assert len(every.unique()) == len(every)
+    if not drop_last: assert sorted(every.tolist()) == list(range(n))      # merged, not dropped: every image is used
+
+
+def test_pretraining_refuses_a_source_without_negatives():
+    with pytest.raises(ValueError, match='at least 2'):
+        contrastive_batches(1, 256)
