@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from medcl_nb.simulators import (PAPER_SPLIT_PAIRS, make_cohort, render_brain, render_lus, identity_vs_severity,
+                                 severity_regression_probe,
                                  change_label, SF_RANGE_EDGES)
 from medcl_nb.learner import score_contrastive_loss, score_neighbour_masks, temporal_shift
 
@@ -59,3 +60,23 @@ def test_temporal_shift_keeps_clips_apart():
     x = torch.arange(2 * 3 * 8, dtype=torch.float32).view(6, 8, 1, 1)   # 2 clips of 3 frames
     y = temporal_shift(x, frames=3)
     assert y[2, 0] == 0 and y[3, 1] == 0          # nothing leaks from clip 0 into clip 1 or back
+
+
+@pytest.mark.parametrize('kind', ['lus', 'brain'])
+@pytest.mark.parametrize('seed', [1, 2])
+def test_within_patient_change_is_detectable_but_not_trivial_from_raw_pixels(kind, seed):
+    # the per-patient offset and gain of the shown severity (issue 18, point 3): a scan's score is harder to read
+    # across patients than without them, while a pair's change stays visible in the pixel difference, well below R² 1
+    render = render_lus if kind == 'lus' else render_brain
+    on = make_cohort(kind, seed=seed)
+    off = make_cohort(kind, seed=seed, severity_offset=0, severity_gain=(1, 1))
+    r_on, r_off = severity_regression_probe(on, render(on, None, 4, 32)), severity_regression_probe(off, render(off, None, 4, 32))
+    assert r_on['absolute_r2'] < r_off['absolute_r2'] - 0.05
+    assert 0.2 < r_on['change_r2'] < 0.75
+
+
+@pytest.mark.parametrize('seed', [1, 2])
+def test_brain_change_needs_32_px(seed):
+    c = make_cohort('brain', seed=seed)
+    r16, r32 = (severity_regression_probe(c, render_brain(c, None, 4, size)) for size in (16, 32))
+    assert r16['change_r2'] < r32['change_r2'] - 0.1
