@@ -14,13 +14,15 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from .core import seeded_rng
 from .models import small_stem_resnet
+from .simulators import CHANGE_LABELS
 from .train import batch_indices, epoch_generator
 
 # %% auto #0
 __all__ = ['VIDEO_ENCODERS', 'TRANSFORMER_WIDTH', 'TRANSFORMER_DEPTH', 'TRANSFORMER_HEADS', 'SCORE_SCALE', 'PRETRAINING_LOSSES',
            'temporal_shift', 'resnet18_small', 'TemporalShift', 'add_temporal_shift', 'FrameEncoder', 'HFVideoEncoder',
            'make_encoder', 'HealthScoreModel', 'score_neighbour_masks', 'pair_similarity', 'score_contrastive_loss',
-           'pretraining_loss', 'change_metrics', 'train_change_classifier']
+           'pretraining_loss', 'change_metrics', 'train_change_classifier', 'raw_pixel_pair_features',
+           'majority_change_metrics']
 
 # %% ../nbs/14_learner.ipynb #87bf651f
 def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 8) -> torch.Tensor:
@@ -119,7 +121,7 @@ class HealthScoreModel(nn.Module):
 
 # %% ../nbs/14_learner.ipynb #b645b8b7
 def score_neighbour_masks(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per anchor (row): the B/2 others closest in score (positives) and the remaining B/2-1 (negatives)."
+    "Per anchor (row): the B/2 others closest in score (positives) and the remaining B/2-1 (negatives); (B, B) bool each."
     b = len(scores)
     if b < 3: raise ValueError(f"a batch needs at least 3 scans to have a positive and a negative, got {b}")
     d = (scores[:, None] - scores[None]).abs().float()
@@ -130,46 +132,64 @@ def score_neighbour_masks(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     negatives = (rank >= b // 2) & (rank < b - 1)
     return positives, negatives
 
-def pair_similarity(u: torch.Tensor, kind: str = 'cosine') -> torch.Tensor:
-    "Similarity in [0, 1] of every pair of embeddings: (1 + cos)/2, or 1/(1 + l2 distance)."
-    if kind == 'cosine':
-        z = F.normalize(u.float(), dim=1)
-        return (1 + z @ z.T) / 2
-    if kind == 'l2':
-        sq = (u.float()[:, None] - u.float()[None]).pow(2).sum(-1)
-        return 1 / (1 + torch.sqrt(sq + 1e-12))                      # +1e-12: finite gradient at zero distance
+def pair_similarity(u: torch.Tensor,        # (B, D) embeddings, any float dtype
+                    kind: str = 'cosine',   # 'cosine' or 'l2'
+                   ) -> torch.Tensor:       # (B, B) float32 similarities in [0, 1]
+    "(1 + cos)/2 or 1/(1 + l2 distance) of every pair, always in float32, even inside a bf16 autocast region."
+    with torch.autocast(u.device.type, enabled=False):       # a bf16 matmul would move the similarities (issue 13)
+        u = u.float()
+        if kind == 'cosine':
+            z = F.normalize(u, dim=1)
+            return (1 + z @ z.T) / 2
+        if kind == 'l2':
+            sq = (u[:, None] - u[None]).pow(2).sum(-1)
+            return 1 / (1 + torch.sqrt(sq + 1e-12))                  # +1e-12: finite gradient at zero distance
     raise ValueError(f"similarity must be 'cosine' or 'l2', not {kind!r}")
 
-def score_contrastive_loss(u: torch.Tensor, scores: torch.Tensor, weighted: bool = False, similarity: str = 'cosine',
-                           eps: float = 0.05, delta: float = 0.1) -> torch.Tensor:
-    "LEARNER's Eq. 3 with log(s + delta) of a similarity s in [0, 1]; `weighted` = wCL (Eq. 3 as printed), else CL."
+def _per_anchor_mean_one(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    "Rescale each row of `w` so that its mean over the `mask`ed entries is 1."
+    return w / ((w * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True))
+
+def score_contrastive_loss(u: torch.Tensor,              # (B, D) embeddings
+                           scores: torch.Tensor,         # (B,) normalised health scores
+                           weighted: bool = False,       # wCL (Eq. 3's weights) instead of CL (no weights)
+                           similarity: str = 'cosine',   # 'cosine' or 'l2' (the ablation's l2Sim)
+                           eps: float = 0.05,            # ε of Eq. 3
+                           delta: float = 0.1,           # log(s + δ) keeps the log finite
+                           normalise: bool = True,       # wCL weights averaged to 1 per anchor, so CL and wCL match in scale
+                          ) -> torch.Tensor:             # scalar, the mean over the B·(B-1) terms
+    "LEARNER's Eq. 3 with log(s + delta) of a similarity s in [0, 1]: CL, or wCL with (by default) normalised weights."
     positives, negatives = score_neighbour_masks(scores)
     log_s = torch.log(pair_similarity(u, similarity) + delta)
-    d = (scores[:, None] - scores[None]).abs().float() + eps
-    neg_terms = torch.log((pair_similarity(u, similarity) + delta) * d) if weighted else log_s
-    pos_terms = log_s / d if weighted else log_s
+    pos_w, neg_w = torch.ones_like(log_s), torch.ones_like(log_s)
+    if weighted:
+        d = (scores[:, None] - scores[None]).abs().float() + eps
+        pos_w, neg_w = 1 / d, d                                   # Eq. 3: divides the positives, multiplies inside the negatives' log
+        if normalise: pos_w, neg_w = _per_anchor_mean_one(pos_w, positives), _per_anchor_mean_one(neg_w, negatives)
+    neg_terms, pos_terms = log_s + torch.log(neg_w), pos_w * log_s     # log(s · w) = log s + log w
     return ((neg_terms * negatives).sum() - (pos_terms * positives).sum()) / (positives.sum() + negatives.sum())
 
 # %% ../nbs/14_learner.ipynb #5efe0afd
 PRETRAINING_LOSSES = {'mse': 'MSE', 'mse_cl': 'MSE + CL', 'mse_wcl': 'MSE + wCL'}
 
 def pretraining_loss(model: HealthScoreModel, clips: torch.Tensor, scores: torch.Tensor, loss: str = 'mse',
-                     similarity: str = 'cosine', cl_weight: float = 1.0):
+                     similarity: str = 'cosine', cl_weight: float = 1.0, normalise: bool = True):
     "MSE on normalised scores, plus the (weighted) score-contrastive term; returns (loss, parts)."
     if loss not in PRETRAINING_LOSSES: raise ValueError(f"loss must be one of {list(PRETRAINING_LOSSES)}, not {loss!r}")
     u, pred = model(clips)
     mse = F.mse_loss(pred.float(), scores.float())
     if loss == 'mse': return mse, {'mse': mse.item()}
-    cl = score_contrastive_loss(u, scores, weighted=(loss == 'mse_wcl'), similarity=similarity)
+    cl = score_contrastive_loss(u, scores, weighted=(loss == 'mse_wcl'), similarity=similarity, normalise=normalise)
     return mse + cl_weight * cl, {'mse': mse.item(), 'cl': cl.item()}
 
 # %% ../nbs/14_learner.ipynb #79d4f239
 def change_metrics(y_true, y_pred) -> dict:
-    "Accuracy, macro-F1 (the chapter's F1) and support-weighted F1 over the three change labels."
+    "Macro-F1 (the chapter's F1), accuracy, support-weighted F1 and each change label's F1 (`f1_improved`, ...)."
     yt, yp, labels = np.asarray(y_true), np.asarray(y_pred), [0, 1, 2]
-    return {'accuracy': float(accuracy_score(yt, yp)),
-            'f1': float(f1_score(yt, yp, labels=labels, average='macro', zero_division=0)),
-            'f1_weighted': float(f1_score(yt, yp, labels=labels, average='weighted', zero_division=0))}
+    per_label = f1_score(yt, yp, labels=labels, average=None, zero_division=0)
+    return {'f1': float(per_label.mean()), 'accuracy': float(accuracy_score(yt, yp)),
+            'f1_weighted': float(f1_score(yt, yp, labels=labels, average='weighted', zero_division=0)),
+            **{f'f1_{name}': float(v) for name, v in zip(CHANGE_LABELS, per_label)}}
 
 def train_change_classifier(features: dict, labels: dict, epochs: int = 100, batch_size: int = 8, lr: float = 1e-3,
                             hidden: int = 128, seed: int = 0, device='cpu') -> dict:
@@ -194,3 +214,17 @@ def train_change_classifier(features: dict, labels: dict, epochs: int = 100, bat
     with torch.no_grad(): preds = {k: mlp(v).argmax(1).cpu() for k, v in x.items()}
     return {'metrics': {k: change_metrics(labels[k].cpu(), p) for k, p in preds.items()}, 'best_epoch': best_epoch,
             'predictions': preds}
+
+# %% ../nbs/14_learner.ipynb #e1ad3d2e
+def raw_pixel_pair_features(clips: torch.Tensor,  # (n_scans, T, 1, H, W) uint8 clips of every scan
+                            pairs: torch.Tensor,  # (n_pairs, 2) scan indices (earlier, later)
+                           ) -> torch.Tensor:     # (n_pairs, 3·H·W) float32, on the CPU
+    "The raw-pixel baseline's pair input: the mean frames of the earlier and later scan and their difference."
+    x = clips.float().mean(1).flatten(1).cpu() / 255
+    before, after = x[pairs[:, 0]], x[pairs[:, 1]]
+    return torch.cat([before, after, after - before], dim=1)
+
+def majority_change_metrics(labels: dict) -> dict:
+    "`change_metrics` of always predicting the most common label of `labels['train']`, for every split in `labels`."
+    mode = int(torch.bincount(labels['train'].cpu(), minlength=3).argmax())
+    return {k: change_metrics(v.cpu(), torch.full_like(v.cpu(), mode)) for k, v in labels.items()}

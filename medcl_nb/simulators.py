@@ -14,10 +14,11 @@ import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['CHANGE_LABELS', 'SF_RANGE_EDGES', 'MMSE_RANGE_EDGES', 'LUS_COHORT_PLAN', 'BRAIN_COHORT_PLAN', 'PAPER_SPLIT_PAIRS',
-           'SHEPP_LOGAN', 'SHEPP_LOGAN_Z', 'score_range', 'change_label', 'scaled_split_pairs', 'plan_counts',
-           'assign_patient_splits', 'Cohort', 'make_cohort', 'severity_from_sf', 'render_lus', 'show_lus_by_range',
-           'frame_strips', 'show_patient_over_time', 'atrophy_from_mmse', 'phantom_volume', 'render_brain',
-           'show_brain_over_time', 'identity_vs_severity']
+           'SEVERITY_OFFSET', 'SEVERITY_GAIN', 'SHEPP_LOGAN', 'SHEPP_LOGAN_Z', 'score_range', 'change_label',
+           'scaled_split_pairs', 'plan_counts', 'assign_patient_splits', 'Cohort', 'shown_severity', 'make_cohort',
+           'severity_from_sf', 'render_lus', 'show_lus_by_range', 'frame_strips', 'show_patient_over_time',
+           'atrophy_from_mmse', 'phantom_volume', 'render_brain', 'show_brain_over_time', 'identity_vs_severity',
+           'severity_regression_probe']
 
 # %% ../nbs/09_simulators.ipynb #d4aaf42e
 CHANGE_LABELS = ('improved', 'same', 'deteriorated')
@@ -122,8 +123,24 @@ def _sequential_pairs(patient, zone, day):
 
 def _uniform(n, lo, hi, g, *shape): return lo + (hi - lo) * torch.rand(n, *shape, generator=g)
 
+# %% ../nbs/09_simulators.ipynb #3d2e3048
+SEVERITY_OFFSET, SEVERITY_GAIN = 0.2, (0.7, 1.3)   # per patient: offset ~ U(-0.2, 0.2), gain ~ U(0.7, 1.3)
+
+def shown_severity(severity: torch.Tensor,  # (n,) disease severity in [0, 1] from the health score
+                   offset: torch.Tensor,    # (n,) the scanned patient's offset
+                   gain: torch.Tensor,      # (n,) the scanned patient's gain
+                  ) -> torch.Tensor:        # (n,) the severity the images show, in [0, 1]
+    "What a patient's images show of a severity: gain · severity + offset, clipped to [0, 1]."
+    return (gain * severity + offset).clamp(0, 1)
+
 # %% ../nbs/09_simulators.ipynb #88b073d0
-def make_cohort(kind: str = 'lus', seed: int = 0, plan=None, split_pairs: dict | None = None) -> Cohort:
+def make_cohort(kind: str = 'lus',                      # 'lus' (S/F ratio) or 'brain' (MMSE)
+                seed: int = 0,
+                plan=None,                              # ((patients, zones, days), ...); None: the paper's scale
+                split_pairs: dict | None = None,        # pairs per split; None: the paper's proportions
+                severity_offset: float = SEVERITY_OFFSET,   # per-patient offset of the shown severity ~ U(-o, o)
+                severity_gain: tuple = SEVERITY_GAIN,       # per-patient gain of the shown severity ~ U(lo, hi)
+               ) -> Cohort:
     "Draw a seeded cohort of simulated patients: 'lus' (S/F ratio, LEARNER's LUS scale) or 'brain' (MMSE)."
     # a smaller `plan` (e.g. for quick runs) gets the paper's split proportions unless `split_pairs` says otherwise
     if kind not in ('lus', 'brain'): raise ValueError(f"kind must be 'lus' or 'brain', not {kind!r}")
@@ -164,6 +181,9 @@ def make_cohort(kind: str = 'lus', seed: int = 0, plan=None, split_pairs: dict |
     pairs = _sequential_pairs(patient, zone, day)
     per_patient = torch.bincount(patient[pairs[:, 0]], minlength=n_pat).tolist()
     patient_split = assign_patient_splits(per_patient, split_pairs, g)
+    # drawn last, so that scores, splits and every other parameter do not depend on them
+    pp['severity_offset'] = _uniform(n_pat, -severity_offset, severity_offset, g)
+    pp['severity_gain'] = _uniform(n_pat, *severity_gain, g)
     return Cohort(kind, patient, zone, day, score, [patient_split[p] for p in patient.tolist()], pairs,
                   change_label(score[pairs[:, 0]], score[pairs[:, 1]], edges), pp, sp, seed, edges)
 
@@ -188,7 +208,8 @@ def render_lus(cohort: Cohort, scans: torch.Tensor | None = None, frames: int = 
     pat = cohort.patient[scans]
     P = {k: v[pat].to(device) for k, v in cohort.patient_params.items()}
     S = {k: v[scans].to(device) for k, v in cohort.scan_params.items()}
-    s = severity_from_sf(cohort.score[scans]).to(device)[:, None, None, None]           # (n,1,1,1)
+    s = shown_severity(severity_from_sf(cohort.score[scans]).to(device), P['severity_offset'], P['severity_gain'])
+    s = s[:, None, None, None]                                                           # (n,1,1,1)
     zone = cohort.zone[scans].to(device)
     t = torch.arange(frames, device=device, dtype=torch.float32)[None, :, None, None]    # (1,T,1,1)
     y = torch.linspace(0, 1, H, device=device)[None, None, :, None]                      # depth, 0 at the probe
@@ -318,7 +339,7 @@ def render_brain(cohort: Cohort, scans: torch.Tensor | None = None, slices: int 
     pat = cohort.patient[scans]
     P = {k: v[pat] for k, v in cohort.patient_params.items()}
     S = {k: v[scans] for k, v in cohort.scan_params.items()}
-    atrophy = atrophy_from_mmse(cohort.score[scans])
+    atrophy = shown_severity(atrophy_from_mmse(cohort.score[scans]), P['severity_offset'], P['severity_gain'])
     e = SHEPP_LOGAN[None].repeat(len(scans), 1, 1)
     e[:, :, 1:3] *= P['head_scale'][:, None, :]                                  # head size and aspect
     e[:, 2:, 3:5] *= P['head_scale'][:, None, :]
@@ -363,3 +384,23 @@ def identity_vs_severity(cohort: Cohort, clips: torch.Tensor) -> dict:
         return rate, chance
     (identity, identity_chance), (severity, severity_chance) = probe(other_day, same_patient), probe(~same_patient, same_range)
     return dict(identity=identity, identity_chance=identity_chance, severity=severity, severity_chance=severity_chance)
+
+# %% ../nbs/09_simulators.ipynb #022cc2f0
+def _ridge_r2(x: dict, y: dict, alphas=(0.1, 1.0, 10.0, 1e2, 1e3, 1e4)) -> float:
+    "Ridge on standardised features: fit on x['train'], the penalty with the best R² on x['val'], R² on x['test']."
+    mean, std = x['train'].mean(0), x['train'].std(0) + 1e-6
+    z = {k: (v - mean) / std for k, v in x.items()}
+    y0, eye = y['train'].mean(), torch.eye(z['train'].shape[1], dtype=z['train'].dtype)
+    def fit(a): return torch.linalg.solve(z['train'].T @ z['train'] + a * eye, z['train'].T @ (y['train'] - y0))
+    def r2(w, k): return float(1 - ((z[k] @ w + y0 - y[k]) ** 2).sum() / ((y[k] - y[k].mean()) ** 2).sum())
+    return r2(fit(max(alphas, key=lambda a: r2(fit(a), 'val'))), 'test')
+
+def severity_regression_probe(cohort: Cohort,
+                              clips: torch.Tensor,  # (n_scans, T, 1, H, W) uint8, every scan of the cohort
+                             ) -> dict:             # {'absolute_r2', 'change_r2'}, R² on the test patients
+    "Raw-pixel ridge probes: a scan's score across patients, and a pair's score change from its pixel difference."
+    x, y, splits = clips.double().mean(1).flatten(1).cpu(), cohort.score.double(), ('train', 'val', 'test')
+    a, b = cohort.pairs[:, 0], cohort.pairs[:, 1]
+    absolute = _ridge_r2({k: x[cohort.scan_mask(k)] for k in splits}, {k: y[cohort.scan_mask(k)] for k in splits})
+    change = _ridge_r2({k: (x[b] - x[a])[cohort.pair_mask(k)] for k in splits}, {k: (y[b] - y[a])[cohort.pair_mask(k)] for k in splits})
+    return dict(absolute_r2=absolute, change_r2=change)

@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from medcl_nb.simulators import (PAPER_SPLIT_PAIRS, make_cohort, render_brain, render_lus, identity_vs_severity,
+                                 severity_regression_probe,
                                  change_label, SF_RANGE_EDGES)
-from medcl_nb.learner import score_contrastive_loss, score_neighbour_masks, temporal_shift
+from medcl_nb.learner import (score_contrastive_loss, score_neighbour_masks, temporal_shift, pair_similarity,
+                              _per_anchor_mean_one)
 
 
 @pytest.mark.parametrize('kind', ['lus', 'brain'])
@@ -59,3 +61,66 @@ def test_temporal_shift_keeps_clips_apart():
     x = torch.arange(2 * 3 * 8, dtype=torch.float32).view(6, 8, 1, 1)   # 2 clips of 3 frames
     y = temporal_shift(x, frames=3)
     assert y[2, 0] == 0 and y[3, 1] == 0          # nothing leaks from clip 0 into clip 1 or back
+
+
+@pytest.mark.parametrize('kind', ['lus', 'brain'])
+@pytest.mark.parametrize('seed', [1, 2])
+def test_within_patient_change_is_detectable_but_not_trivial_from_raw_pixels(kind, seed):
+    # the per-patient offset and gain of the shown severity (issue 18, point 3): a scan's score is harder to read
+    # across patients than without them, while a pair's change stays visible in the pixel difference, well below R² 1
+    render = render_lus if kind == 'lus' else render_brain
+    on = make_cohort(kind, seed=seed)
+    off = make_cohort(kind, seed=seed, severity_offset=0, severity_gain=(1, 1))
+    r_on, r_off = severity_regression_probe(on, render(on, None, 4, 32)), severity_regression_probe(off, render(off, None, 4, 32))
+    assert r_on['absolute_r2'] < r_off['absolute_r2'] - 0.05
+    assert 0.2 < r_on['change_r2'] < 0.75
+
+
+@pytest.mark.parametrize('seed', [1, 2])
+def test_brain_change_needs_32_px(seed):
+    c = make_cohort('brain', seed=seed)
+    r16, r32 = (severity_regression_probe(c, render_brain(c, None, 4, size)) for size in (16, 32))
+    assert r16['change_r2'] < r32['change_r2'] - 0.1
+
+
+@pytest.mark.parametrize('batch', [4, 8, 16])
+@pytest.mark.parametrize('similarity', ['cosine', 'l2'])
+def test_normalised_wcl_is_cl_when_every_score_is_equal(batch, similarity):
+    # issue 18, point 2: with equal score distances the normalised weights are all 1, so wCL and CL agree
+    u = torch.randn(batch, 8, generator=torch.Generator().manual_seed(batch)).requires_grad_()
+    scores = torch.full((batch,), 0.3)
+    grads = []
+    for weighted in (False, True):
+        loss = score_contrastive_loss(u, scores, weighted=weighted, similarity=similarity)
+        grads.append((loss.detach(), torch.autograd.grad(loss, u)[0]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2, 3])
+def test_normalised_wcl_pulls_on_the_scale_of_cl_and_the_printed_one_does_not(seed):
+    g = torch.Generator().manual_seed(seed)
+    u, scores = torch.randn(8, 16, generator=g), torch.rand(8, generator=g)
+    def grad_norm(**kw):
+        x = u.clone().requires_grad_()
+        return torch.autograd.grad(score_contrastive_loss(x, scores, **kw), x)[0].norm().item()
+    cl, wcl, printed = grad_norm(), grad_norm(weighted=True), grad_norm(weighted=True, normalise=False)
+    assert 1 / 3 < wcl / cl < 3
+    assert printed / cl > 2
+
+
+def test_normalised_weights_average_one_over_each_anchors_positives():
+    scores = torch.rand(8, generator=torch.Generator().manual_seed(0))
+    pos, _ = score_neighbour_masks(scores)
+    w = _per_anchor_mean_one(1 / ((scores[:, None] - scores[None]).abs() + 0.05), pos)
+    torch.testing.assert_close((w * pos).sum(1) / pos.sum(1), torch.ones(8))
+
+
+@pytest.mark.parametrize('kind', ['cosine', 'l2'])
+def test_pair_similarity_is_float32_inside_bf16_autocast(kind):
+    # issue 13: the similarity matmul must not run in bf16, which would move the similarities the loss compares
+    u = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        inside, from_bf16 = pair_similarity(u, kind), pair_similarity(u.bfloat16(), kind)
+    assert inside.dtype == torch.float32 and torch.equal(inside, pair_similarity(u, kind))
+    assert from_bf16.dtype == torch.float32
