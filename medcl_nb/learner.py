@@ -37,9 +37,9 @@ def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 8) -> torch.Ten
     return out.view(nt, c, h, w)
 
 # %% ../nbs/14_learner.ipynb #10ce3bc0
-def resnet18_small(in_channels: int = 1) -> nn.Module:
-    "ResNet-18 with the 28-px stem (`medcl_nb.models`), returning 512-d features."
-    return small_stem_resnet('resnet18', in_channels)
+def resnet18_small(in_channels: int = 1, width: int = 64) -> nn.Module:
+    "ResNet-18 with the 28-px stem (`medcl_nb.models`), `width` channels in its first stage; `.dim` = 8 × width."
+    return small_stem_resnet('resnet18' if width == 64 else f'resnet18_w{width}', in_channels)
 
 class TemporalShift(nn.Module):
     "Apply `temporal_shift` to the input of `net` (a residual branch's first convolution)."
@@ -80,11 +80,11 @@ class HFVideoEncoder(nn.Module):
 VIDEO_ENCODERS = ('tsm', 'resnet2d', 'vit', 'swin', 'timesformer', 'videomae')
 TRANSFORMER_WIDTH, TRANSFORMER_DEPTH, TRANSFORMER_HEADS = 192, 6, 3     # ViT-Tiny's width and heads, half its depth
 
-def make_encoder(name: str, frames: int, size: int) -> nn.Module:
-    "A clip encoder `(B, T, 1, size, size)` float -> `(B, dim)`, randomly initialised; `.dim` is its output size."
+def make_encoder(name: str, frames: int, size: int, width: int = 64) -> nn.Module:
+    "A random-init clip encoder `(B, T, 1, size, size)` -> `(B, dim)`; `width`: first-stage channels of the ResNets (64 = ResNet-18)."
     w, d, h = TRANSFORMER_WIDTH, TRANSFORMER_DEPTH, TRANSFORMER_HEADS
-    if name == 'tsm': return FrameEncoder(add_temporal_shift(resnet18_small(), frames), 512, frames)
-    if name == 'resnet2d': return FrameEncoder(resnet18_small(), 512, frames, pool='concat')
+    if name == 'tsm': return FrameEncoder(add_temporal_shift(resnet18_small(width=width), frames), 8 * width, frames)
+    if name == 'resnet2d': return FrameEncoder(resnet18_small(width=width), 8 * width, frames, pool='concat')
     if name == 'vit':
         from timm.models.vision_transformer import VisionTransformer
         return FrameEncoder(VisionTransformer(img_size=size, patch_size=4, in_chans=1, embed_dim=w, depth=d,
