@@ -56,6 +56,7 @@ IMAGENET_WEIGHTS = {'resnet18': 'ResNet18_Weights', 'resnet50': 'ResNet50_Weight
 def imagenet_state(arch: str) -> dict | None:
     "torchvision's ImageNet weights of `arch` without stem and head, if they are in the torch cache; None otherwise."
     import torchvision.models as tvm
+    if arch not in IMAGENET_WEIGHTS: return None                       # a narrow ResNet has no ImageNet weights
     weights = getattr(tvm, IMAGENET_WEIGHTS[arch]).IMAGENET1K_V1
     if not (Path(torch.hub.get_dir())/'checkpoints'/Path(weights.url).name).is_file(): return None
     state = weights.get_state_dict(progress=False)
