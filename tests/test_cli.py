@@ -294,7 +294,7 @@ def test_plan_times_chapters_and_trains_nothing(project, capsys):
     row = next(l for l in out.splitlines() if l.startswith('planned'))
     assert '2 × 3' in row and '0.375 (0.25–0.5)' in row
     minutes = float(re.search(r'([\d.]+) min', row).group(1))
-    assert 630 / 60 < minutes < (630 + 120) / 60  # est_total_s plus the notebook's own (setup) seconds
+    assert 630 / 60 - 0.05 <= minutes < (630 + 120) / 60  # est_total_s plus the notebook's own seconds (printed to 0.1 min)
     assert re.search(r'plain\s+no plan \(chapter has no plan parameter\)', out)
     assert 'total:' in out and 'runs/reduced/plan' in out
     assert (project/'runs/reduced/plan/planned.ipynb').exists()
