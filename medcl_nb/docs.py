@@ -106,6 +106,9 @@ def paper_table_html(df: pd.DataFrame, decimals: int = 3) -> str | None:
     mark = dict(zip(notes, _footnote_marks(len(notes))))
     ns = {int(float(n)) for n in df['n'] if n not in ('', 'nan')} - {0}
     grouped = all(', ' in r for r in rows) and len({r.rsplit(', ', 1)[1] for r in rows}) < len(rows)
+    if grouped:   # one heading per split: rows the paper lacks (baselines) join their split's group, order kept
+        splits = list(dict.fromkeys(r.rsplit(', ', 1)[1] for r in rows))
+        rows = sorted(rows, key=lambda r: splits.index(r.rsplit(', ', 1)[1]))
     cell = {(r['row'], r['metric']): r for r in df.to_dict('records')}
 
     def ours(r) -> str:
