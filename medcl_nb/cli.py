@@ -169,6 +169,11 @@ def _kernel_manager_class():
     class BookKernelManager(AsyncKernelManager):
         @default('transport')
         def _transport_default(self): return 'ipc' if ipc else 'tcp'
+        @default('ip')   # IPC sockets in Jupyter's runtime folder, never in the notebook's folder (nbs/)
+        def _ip_default(self):
+            if not ipc: return '127.0.0.1'
+            os.makedirs(jupyter_runtime_dir(), exist_ok=True)
+            return os.path.join(jupyter_runtime_dir(), f'medcl-{os.getpid()}-{len(_KERNELS)}')
         def __init__(self, **kw):
             super().__init__(**kw)
             _KERNELS.append(self)
