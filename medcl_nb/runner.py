@@ -13,7 +13,8 @@ from .report import load_results, save_seed_result, seeds_to_run
 from .train import measuring_plan
 
 # %% auto #0
-__all__ = ['checkpoint_path', 'PlanFinished', 'plan_path', 'plan_experiment', 'keep_plan', 'cost_table', 'run_experiment']
+__all__ = ['checkpoint_path', 'PlanFinished', 'plan_path', 'plan_experiment', 'keep_plan', 'cost_table', 'show_cost',
+           'run_experiment']
 
 # %% ../nbs/05a_runner.ipynb #d791f60b
 def checkpoint_path(chapter: str, profile: str, part: str, seed: int, tag: str = '') -> Path | None:
@@ -96,6 +97,15 @@ def cost_table(chapter: str, profile: str, results: list[dict]):
                       'min–max s': f"{min(walls):.0f}–{max(walls):.0f}" if walls else '',
                       'plan s/seed': round(plan[part], 1) if part in plan else math.nan})
     return pd.DataFrame(lines, columns=['part', 'seeds', 'measured s/seed', 'min–max s', 'plan s/seed'])
+
+def show_cost(chapter: str, profile: str, results: list[dict]):
+    "Display `cost_table` in a notebook (as Markdown) with the total wall time; a line when nothing has run."
+    from IPython.display import Markdown, display
+    from medcl_nb.report import markdown_table
+    cost = cost_table(chapter, profile, results)
+    if not len(cost): return display(Markdown('_No part has been run in this profile._'))
+    display(Markdown(markdown_table(cost)))
+    print(f"{cost['seeds'].sum()} (part, seed) runs, {(cost['measured s/seed'] * cost['seeds']).sum() / 60:.1f} min of wall time")
 
 # %% ../nbs/05a_runner.ipynb #34d8cb2b
 def run_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, device='auto', protocol: dict | None = None,
