@@ -13,8 +13,8 @@ from .report import load_results, save_seed_result, seeds_to_run
 from .train import measuring_plan
 
 # %% auto #0
-__all__ = ['checkpoint_path', 'PlanFinished', 'plan_path', 'plan_experiment', 'keep_plan', 'cost_table', 'show_cost',
-           'run_experiment']
+__all__ = ['checkpoint_path', 'part_seeds', 'PlanFinished', 'plan_path', 'plan_experiment', 'keep_plan', 'cost_table',
+           'show_cost', 'run_experiment']
 
 # %% ../nbs/05a_runner.ipynb #d791f60b
 def checkpoint_path(chapter: str, profile: str, part: str, seed: int, tag: str = '') -> Path | None:
@@ -47,6 +47,14 @@ def _check_parts(parts: dict):
     bad = [p for p in parts if not re.fullmatch(r'[A-Za-z0-9_]+', str(p))]
     if bad: raise ValueError(f"part names {bad} must be letters, digits and underscores (they name result files)")
 
+# %% ../nbs/05a_runner.ipynb #b501b7d2
+def part_seeds(spec, seeds) -> list[int]:
+    "The seeds a part runs for: its spec's own `seeds` (a selection part, run first), else the run's `seeds`."
+    own = spec.get('seeds') if isinstance(spec, dict) else None
+    if own is not None and (isinstance(own, (str, bytes)) or not len(own)):
+        raise ValueError(f"a part's 'seeds' must be a non-empty list of seeds, e.g. [0], got {own!r}")
+    return [int(s) for s in (seeds if own is None else own)]
+
 # %% ../nbs/05a_runner.ipynb #22cd5581
 class PlanFinished(Exception):
     "Raised by `run_experiment(plan=True)` after the plan is written: it stops the notebook on purpose."
@@ -60,10 +68,11 @@ def plan_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, dev
     _check_parts(parts)
     seeds, start, lines = [int(s) for s in seeds], time.perf_counter(), []
     for part in parts:
-        write_run_status(chapter, profile, part=part, seed=seeds[0], epoch=None, epochs=None)
-        with measuring_plan(steps) as m, RunTimer() as timer: run_one(part, seeds[0])
+        own = part_seeds(parts[part], seeds)
+        write_run_status(chapter, profile, part=part, seed=own[0], epoch=None, epochs=None)
+        with measuring_plan(steps) as m, RunTimer() as timer: run_one(part, own[0])
         est = timer.seconds - m.spent_s + m.estimated_s
-        to_run = len(seeds_to_run(chapter, profile, seeds, part=part))
+        to_run = len(seeds_to_run(chapter, profile, own, part=part))
         lines.append({'part': part, 'est_s': est, 'measured_s': timer.seconds, 'to_run': to_run,
                       'fits': [{k: l[k] for k in ('desc', 'epochs', 'steps_per_epoch', 's_per_step', 'est_s')} for l in m.loops]})
         print(f"plan: {part}: {len(m.loops)} training loop(s), ~{_clock(est)} per seed (measured in {timer.seconds:.1f} s)", flush=True)
@@ -114,10 +123,14 @@ def run_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, devi
     check_profile(profile); _check_parts(parts)
     seeds = [int(s) for s in seeds]
     if plan: plan_experiment(chapter, profile, seeds, parts, run_one, device, plan_steps)  # raises PlanFinished
-    todo = [(part, s) for s in seeds for part in parts if s in seeds_to_run(chapter, profile, [s], part=part)]
+    selection = [p for p in parts if isinstance(parts[p], dict) and 'seeds' in parts[p]]   # run first, own seeds
+    pairs = ([(p, s) for p in selection for s in part_seeds(parts[p], seeds)]
+             + [(p, s) for s in seeds for p in parts if p not in selection])
+    todo = [(part, s) for part, s in pairs if s in seeds_to_run(chapter, profile, [s], part=part)]
     kept = keep_plan(chapter, profile) if todo else None
-    print(f"{chapter} ({profile}): {len(parts)} part(s) × {len(seeds)} seed(s); {len(parts) * len(seeds) - len(todo)} "
-          f"already saved, {len(todo)} to run"
+    print(f"{chapter} ({profile}): {len(parts)} part(s) × {len(seeds)} seed(s)"
+          + (f" ({len(selection)} selection part(s) on their own seeds)" if selection else '')
+          + f"; {len(pairs) - len(todo)} already saved, {len(todo)} to run"
           + (f"; the plan is kept in {kept}" if kept else ''), flush=True)
     durations, start = {}, time.perf_counter()
     for i, (part, seed) in enumerate(todo):
