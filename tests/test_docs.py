@@ -12,6 +12,7 @@ import pytest
 
 from medcl_nb.cli import find_chapters
 from medcl_nb.core import project_root
+from medcl_nb.docs import chapter_status
 
 CHROMIUM, CHROMEDRIVER = shutil.which('chromium'), shutil.which('chromedriver')
 # Without the background-networking flags Chromium keeps trying to reach Google's hosts, which this machine refuses.
@@ -184,13 +185,15 @@ def test_chapters_show_their_illustrations(site, browser, page):
 
 def test_table_1_in_the_papers_shape(site, browser):
     from selenium.webdriver.common.by import By
+    profile = chapter_status('contrastive_autoencoder')['profile']      # the profile the page shows (largest committed)
+    if profile is None: pytest.skip('chapter 11 has no committed reduced or full results yet')
     _, url = site
     _open(browser, url, 'contrastive_autoencoder.html')
     table = browser.find_elements(By.CSS_SELECTOR, '.committed-results table.results-table')[0]
     assert 'paper-shape' in table.get_attribute('class')
     head = table.find_element(By.TAG_NAME, 'thead').text
     assert all(w in head for w in ('accuracy', 'precision', 'recall', 'paper', 'ours (Δ)')), head
-    csv = pd.read_csv(project_root()/'figures'/'contrastive_autoencoder'/'full'/'table1.csv', keep_default_na=False)
+    csv = pd.read_csv(project_root()/'figures'/'contrastive_autoencoder'/profile/'table1.csv', keep_default_na=False)
     lines = len(table.find_elements(By.CSS_SELECTOR, 'tbody tr'))   # one per row (method, split), one heading per split
     splits = csv.row.str.rsplit(', ', n=1).str[1].nunique()
     assert lines == csv.row.nunique() + splits < len(csv), ('one line per method and split, not per metric', lines)
