@@ -15,15 +15,18 @@ from .augment import to_float_images
 from .simclr import to_network_input
 
 # %% auto #0
-__all__ = ['DEGRADATIONS', 'PATCH_FRACTION', 'LEVEL_PAIRS', 'degrade_fundus', 'degrade_xray', 'make_low_quality',
-           'lesion_response', 'detect_lesions', 'crop_patches', 'random_centres', 'hard_negative_count',
-           'level_infonce', 'self_paced_mask', 'multilevel_loss', 'grad_cam']
+__all__ = ['MAX_SPOTS', 'DEGRADATIONS', 'PATCH_FRACTION', 'ARTEFACT_TOLERANCE', 'RULE_TOLERANCE', 'LEVEL_PAIRS', 'degrade_fundus',
+           'degrade_xray', 'make_low_quality', 'detector_region', 'lesion_response', 'detect_lesions', 'crop_patches',
+           'random_centres', 'random_region_points', 'artefact_hits', 'auc_interval', 'trivial_statistics',
+           'detector_checks', 'hard_negative_count', 'level_infonce', 'self_paced_mask', 'multilevel_loss', 'grad_cam']
 
 # %% ../nbs/13_comcl.ipynb #0ea6e9ad
 def _u(g, n, lo, hi): return lo + (hi - lo) * torch.rand(n, generator=g)
 
-def degrade_fundus(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    "Uneven illumination, blur and spot artefacts on float fundus images (N, C, H, W) in [0, 1]."
+MAX_SPOTS = 4
+
+def degrade_fundus(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    "Uneven illumination, blur and spot artefacts on float fundus images (N, C, H, W) in [0, 1]; returns (images, spots (N, 4, 3) as (x, y, radius) px, NaN where absent)."
     n, _, h, w = x.shape
     dev = x.device
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, h, device=dev), torch.linspace(-1, 1, w, device=dev), indexing='ij')
@@ -33,18 +36,20 @@ def degrade_fundus(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     x = x * field[:, None]
     sigma = _u(g, n, 0.6, 1.4).to(dev)
     x = kornia.filters.gaussian_blur2d(x, (5, 5), torch.stack([sigma, sigma], 1))
-    n_spots = torch.randint(1, 5, (n,), generator=g)
-    for k in range(4):
+    n_spots = torch.randint(1, MAX_SPOTS + 1, (n,), generator=g)
+    spots = torch.full((n, MAX_SPOTS, 3), float('nan'))
+    for k in range(MAX_SPOTS):
         cx, cy, r = _u(g, n, 0.15, 0.85) * w, _u(g, n, 0.15, 0.85) * h, _u(g, n, 1, 3)
         value = (torch.rand(n, generator=g) < 0.5).float()                       # dark or bright
         on = (n_spots > k).float()
         d2 = (xx[None] * (w / 2) + w / 2 - cx.to(dev)[:, None, None]) ** 2 + (yy[None] * (h / 2) + h / 2 - cy.to(dev)[:, None, None]) ** 2
         alpha = (on.to(dev)[:, None, None] * 0.6 * torch.exp(-d2 / (2 * r.to(dev)[:, None, None] ** 2)))[:, None]
         x = x * (1 - alpha) + value.to(dev)[:, None, None, None] * alpha
-    return x.clamp(0, 1)
+        spots[n_spots > k, k] = torch.stack([cx, cy, r], 1)[n_spots > k]          # where the spot went: the checks need it
+    return x.clamp(0, 1), spots
 
-def degrade_xray(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    "Contrast loss, blur and noise on float X-ray images (N, C, H, W) in [0, 1]."
+def degrade_xray(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    "Contrast loss, blur and noise on float X-ray images (N, C, H, W) in [0, 1]; returns (images, spots (N, 0, 3)): no local artefacts."
     n, dev = len(x), x.device
     c = _u(g, n, 0.4, 0.7).to(dev)[:, None, None, None]
     mean = x.mean((1, 2, 3), keepdim=True)
@@ -52,36 +57,41 @@ def degrade_xray(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     sigma = _u(g, n, 0.5, 1.2).to(dev)
     x = kornia.filters.gaussian_blur2d(x, (5, 5), torch.stack([sigma, sigma], 1))
     noise = torch.randn(x.shape, generator=g).to(dev) * _u(g, n, 0.04, 0.10).to(dev)[:, None, None, None]
-    return (x + noise).clamp(0, 1)
+    return (x + noise).clamp(0, 1), torch.zeros(n, 0, 3)
 
 DEGRADATIONS = {'fundus': degrade_fundus, 'xray': degrade_xray}
 
-def make_low_quality(images: torch.Tensor, share: float, kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "Degrade a random `share` of uint8 images (seeded); returns (uint8 images, quality: 1 = low, 0 = high)."
+def make_low_quality(images: torch.Tensor, share: float, kind: str, seed: int, return_artefacts: bool = False) -> tuple:
+    "Degrade a random `share` of uint8 images (seeded): (uint8 images, quality 1 = low / 0 = high[, artefact spots (N, A, 3), NaN if none])."
     if kind not in DEGRADATIONS: raise ValueError(f"kind must be one of {list(DEGRADATIONS)}, not {kind!r}")
     if not 0 <= share <= 1: raise ValueError(f"share must be in [0, 1], got {share}")
     g = torch.Generator().manual_seed(seed)
     n = len(images)
     low = torch.zeros(n, dtype=torch.bool)
     low[torch.randperm(n, generator=g)[:round(share * n)]] = True
-    out = images.clone()
+    out, spots = images.clone(), torch.full((n, MAX_SPOTS if kind == 'fundus' else 0, 3), float('nan'))
     if low.any():
         idx = low.nonzero()[:, 0].to(images.device)
-        out[idx] = (DEGRADATIONS[kind](to_float_images(images[idx]), g) * 255).round().byte()
-    return out, low.long().to(images.device)
+        degraded, spots[low] = DEGRADATIONS[kind](to_float_images(images[idx]), g)
+        out[idx] = (degraded * 255).round().byte()
+    return (out, low.long().to(images.device)) + ((spots,) if return_artefacts else ())
 
 # %% ../nbs/13_comcl.ipynb #e88a4111
 PATCH_FRACTION = 0.5
 
+def detector_region(images: torch.Tensor) -> torch.Tensor:
+    "Where the detector may fire (N, H, W) 0/1: inside the image (not black border), eroded by 5 px and 5 px from the edge."
+    x = to_float_images(images)
+    inside = (kornia.filters.gaussian_blur2d(x.mean(1, keepdim=True), (9, 9), (2.5, 2.5)) > 0.08).float()
+    return (-F.max_pool2d(-F.pad(inside, (5, 5, 5, 5)), 11, 1))[:, 0]   # no border is a lesion
+
 def lesion_response(images: torch.Tensor) -> torch.Tensor:
-    "Absolute difference-of-Gaussians response (N, H, W) of the green (or only) channel, zero outside the image."
+    "Absolute difference-of-Gaussians response (N, H, W) of the green (or only) channel, zero outside `detector_region`."
     x = to_float_images(images)
     channel = x[:, 1:2] if x.shape[1] == 3 else x[:, :1]
     fine = kornia.filters.gaussian_blur2d(channel, (5, 5), (0.8, 0.8))
     coarse = kornia.filters.gaussian_blur2d(channel, (9, 9), (2.5, 2.5))
-    inside = (kornia.filters.gaussian_blur2d(x.mean(1, keepdim=True), (9, 9), (2.5, 2.5)) > 0.08).float()
-    inside = -F.max_pool2d(-F.pad(inside, (5, 5, 5, 5)), 11, 1)  # eroded by 5 px (and from the image edge): no border is a lesion
-    return ((fine - coarse).abs() * inside)[:, 0]
+    return (fine - coarse).abs()[:, 0] * detector_region(images)
 
 def detect_lesions(images: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     "Top-k peaks of `lesion_response` after 5×5 non-maximum suppression: centres (N, k, 2) as (x, y) px, confidences (N, k)."
@@ -101,9 +111,68 @@ def crop_patches(images: torch.Tensor, centres: torch.Tensor, fraction: float = 
     return roi_align(images.float(), boxes.to(images.device), output_size=out, aligned=True, sampling_ratio=2).round().clamp(0, 255).byte()
 
 def random_centres(n: int, size: int, g: torch.Generator, fraction: float = PATCH_FRACTION) -> torch.Tensor:
-    "Centres of random patches of a healthy image, anywhere the patch fits."
+    "Centres (n, 2) of random patches of an image, anywhere the patch fits (the paper's RandC for healthy images)."
     half = fraction * size / 2
     return half + (size - 2 * half) * torch.rand(n, 2, generator=g)
+
+def random_region_points(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    "One uniformly drawn point (N, 2) as (x, y) px inside each image's `detector_region`: what chance would pick."
+    region = detector_region(images).flatten(1).cpu() + 1e-12          # an empty region falls back to uniform
+    flat = torch.multinomial(region, 1, generator=g)[:, 0]
+    w = images.shape[-1]
+    return torch.stack([flat % w, flat // w], -1).float()
+
+# %% ../nbs/13_comcl.ipynb #58193c73
+ARTEFACT_TOLERANCE = 0.05   # the kept rule's top-1 boxes may sit on an artefact at most 5 points more often than random points
+RULE_TOLERANCE = 0.10       # the crop rule alone (random halves of the images, one cropped as L, one as H) may move a statistic's AUC at most 0.1 from 0.5
+
+def artefact_hits(centres: torch.Tensor,   # (N, 2) points as (x, y) px, e.g. top-1 detections
+                  spots: torch.Tensor,     # (N, A, 3) injected artefacts as (x, y, radius) px, NaN where none
+                  margin: float = 1.0,     # px beyond a spot's radius that still count as on it
+                 ) -> torch.Tensor:        # (N,) bool
+    "Whether each point sits on one of its own image's injected artefacts."
+    d = (centres[:, None, :].float().cpu() - spots[:, :, :2]).norm(dim=-1)
+    return (d <= spots[:, :, 2] + margin).any(1)                  # NaN (no spot) compares False
+
+def auc_interval(scores, positive, z: float = 1.96) -> tuple[float, float, float]:
+    "ROC-AUC of `scores` (N,) for bool `positive` (N,), with a Hanley & McNeil (1982) normal interval: (auc, low, high)."
+    from sklearn.metrics import roc_auc_score
+    pos = torch.as_tensor(positive).bool().cpu()
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if not n1 or not n0: raise ValueError(f"an AUC needs both classes, got {n1} positive and {n0} negative: pass more images")
+    a = float(roc_auc_score(pos.numpy(), torch.as_tensor(scores).float().cpu().numpy()))
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    se = math.sqrt(max(a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a), 0) / (n1 * n0))
+    return a, a - z * se, a + z * se
+
+def trivial_statistics(images: torch.Tensor) -> dict:
+    "What a patch shows without any learning, (N,) each: pixel mean, pixel sd, the detector's peak response."
+    x = to_float_images(images)
+    return {'mean': x.mean((1, 2, 3)), 'sd': x.flatten(1).std(1), 'DoG peak': lesion_response(images).flatten(1).amax(1)}
+
+# %% ../nbs/13_comcl.ipynb #7a72f6c1
+def detector_checks(clean: torch.Tensor,   # (N, C, H, W) uint8 images, never degraded
+                    lesion: torch.Tensor,  # (N,) bool: DR grade > 0, pneumonia
+                    kind: str,             # 'fundus' or 'xray' (`make_low_quality`)
+                    seed: int = 0) -> dict:
+    "The surrogate detector's three checks: top-1 boxes on artefacts vs random points, clean-image AUC, crop rule AUCs (L vs H, and random halves)."
+    degraded, _, spots = make_low_quality(clean, 1.0, kind, seed, return_artefacts=True)
+    g, lesion = torch.Generator().manual_seed(seed), lesion.bool().cpu()
+    (on_clean, conf), on_degraded = detect_lesions(clean, k=1), detect_lesions(degraded, k=1)[0]
+    out = {'images': len(clean), 'lesion images': int(lesion.sum())}
+    if spots.shape[1]:                                              # X-ray degradations have no local artefacts
+        for name, pts in (('detected on degraded', on_degraded[:, 0]), ('detected on clean', on_clean[:, 0]),
+                          ('random points', random_region_points(clean, g))):
+            out[f'on artefact: {name}'] = float(artefact_hits(pts, spots).float().mean())
+    out['AUC'], out['AUC low'], out['AUC high'] = auc_interval(conf[:, 0], lesion)
+    half = torch.randperm(len(clean), generator=g) < len(clean) // 2   # random halves: the rule is all that differs
+    for rule, as_l in (('old rule', on_degraded[:, 0].cpu()), ('same rule', on_clean[:, 0].cpu())):   # an L patch's box
+        for split, is_l in (('L vs H', lesion), ('rule alone', half)):
+            as_h = on_clean[:, 0].cpu() if rule == 'same rule' else random_centres(len(clean), clean.shape[-1], g)
+            x = crop_patches(degraded, torch.where(is_l[:, None], as_l, as_h).to(degraded.device))
+            for stat, v in trivial_statistics(x).items(): out[f'{split} AUC, {stat}, {rule}'] = auc_interval(v, is_l)[0]
+    for stat, v in trivial_statistics(degraded).items(): out[f'L vs H AUC, {stat}, whole image'] = auc_interval(v, lesion)[0]
+    return out
 
 # %% ../nbs/13_comcl.ipynb #33ebd619
 def hard_negative_count(step: int, total_steps: int, n_negatives: int) -> int:

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from medcl_nb.comcl import (hard_negative_count, level_infonce, make_low_quality, self_paced_mask, detect_lesions,
-                            crop_patches, multilevel_loss, LEVEL_PAIRS)
+                            crop_patches, multilevel_loss, LEVEL_PAIRS, artefact_hits, auc_interval, detector_checks,
+                            ARTEFACT_TOLERANCE, RULE_TOLERANCE, MAX_SPOTS)
+from medcl_nb.data import load_dataset
 
 
 @pytest.mark.parametrize('kind,channels', [('fundus', 3), ('xray', 1)])
@@ -75,3 +77,67 @@ def test_similarities_are_float32_under_bf16_autocast(seed):
     assert under_autocast.dtype == torch.float32
     assert torch.allclose(under_autocast, exact, atol=1e-6)
     assert torch.equal(self_paced_mask(under_autocast, 256, 512), self_paced_mask(exact, 256, 512))
+
+
+@pytest.mark.parametrize('share', [0.334, 1.0])
+def test_artefacts_are_recorded_where_they_were_drawn(share):
+    x = torch.full((30, 3, 28, 28), 120, dtype=torch.uint8)
+    out, low, spots = make_low_quality(x, share, 'fundus', seed=3, return_artefacts=True)
+    assert spots.shape == (30, MAX_SPOTS, 3) and spots[low == 0].isnan().all()
+    assert torch.equal(out, make_low_quality(x, share, 'fundus', seed=3)[0])      # recording changes no image
+    # every recorded spot is where the image changed most: its centre pixel differs from the flat, blurred background
+    for i in low.nonzero()[:, 0].tolist():
+        for cx, cy, r in spots[i][~spots[i, :, 0].isnan()].tolist():
+            assert artefact_hits(torch.tensor([[cx, cy]]), spots[i:i + 1]).item()
+    assert make_low_quality(x[:, :1], 1.0, 'xray', seed=3, return_artefacts=True)[2].shape == (30, 0, 3)
+
+
+def test_auc_interval_matches_closed_forms():
+    a, lo, hi = auc_interval(torch.tensor([0., 1., 2., 3.]), torch.tensor([False, False, True, True]))
+    assert a == 1.0 and hi == 1.0
+    a, lo, hi = auc_interval(torch.tensor([3., 2., 1., 0.]), torch.tensor([False, False, True, True]))
+    assert a == 0.0 and lo == 0.0
+    g = torch.Generator().manual_seed(1)
+    a, lo, hi = auc_interval(torch.rand(2000, generator=g), torch.rand(2000, generator=g) < 0.5)
+    assert lo < 0.5 < hi and hi - lo < 0.06                                     # chance, and a tight interval at n = 2000
+
+
+# The surrogate detector on the real training splits (the chapter prints the same checks). Tolerances:
+# ARTEFACT_TOLERANCE: the boxes the chapter uses (detected on the clean image) sit on an injected spot at most 5
+#   points more often than random points inside the image; the detector run on degraded images does not (the
+#   confound the checks exist for);
+# RULE_TOLERANCE: cropping one random half of the images as L and the other as H moves no trivial patch statistic's
+#   AUC more than 0.1 from 0.5 (the old rule, detected boxes for L and random boxes for H, does).
+@pytest.fixture(scope='module')
+def checks():
+    from conftest import verified_source
+    src = verified_source()
+    if src is None or not (src/'retinamnist.npz').is_file() or not (src/'pneumoniamnist.npz').is_file():
+        pytest.skip('needs verified retinamnist and pneumoniamnist files: set MEDCL_DATA_MIRROR or run `medcl data fetch`')
+    out = {}
+    for name, kind in (('retinamnist', 'fundus'), ('pneumoniamnist', 'xray')):
+        train = load_dataset(name, root=src, download=False)['train']
+        out[name] = detector_checks(train.images, train.labels > 0, kind, seed=0)
+    return out
+
+
+def test_kept_boxes_are_not_drawn_to_artefacts(checks):
+    c = checks['retinamnist']
+    assert c['on artefact: detected on clean'] <= c['on artefact: random points'] + ARTEFACT_TOLERANCE
+    assert c['on artefact: detected on degraded'] > c['on artefact: random points'] + 0.3    # the confound is real
+
+
+@pytest.mark.parametrize('name', ['retinamnist', 'pneumoniamnist'])
+@pytest.mark.parametrize('stat', ['mean', 'sd', 'DoG peak'])
+def test_the_crop_rule_alone_does_not_separate_levels(checks, name, stat):
+    assert abs(checks[name][f'rule alone AUC, {stat}, same rule'] - 0.5) <= RULE_TOLERANCE
+
+
+def test_the_old_crop_rule_separated_levels_by_itself(checks):
+    assert abs(checks['retinamnist']['rule alone AUC, DoG peak, old rule'] - 0.5) > RULE_TOLERANCE
+
+
+def test_detector_beats_chance_on_retina_only(checks):
+    # the chapter claims lesion-level results on RetinaMNIST only; on PneumoniaMNIST the DoG peaks sit in normal lungs
+    assert checks['retinamnist']['AUC low'] > 0.5
+    assert checks['pneumoniamnist']['AUC high'] < 0.5
