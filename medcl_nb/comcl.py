@@ -15,18 +15,19 @@ from .augment import to_float_images
 from .simclr import to_network_input
 
 # %% auto #0
-__all__ = ['MAX_SPOTS', 'DEGRADATIONS', 'PATCH_FRACTION', 'ARTEFACT_TOLERANCE', 'RULE_TOLERANCE', 'LEVEL_PAIRS', 'degrade_fundus',
+__all__ = ['MAX_SPOTS', 'DEGRADATIONS', 'PATCH_FRACTION', 'ARTEFACT_TOLERANCE', 'RULE_Z', 'LEVEL_PAIRS', 'degrade_fundus',
            'degrade_xray', 'make_low_quality', 'detector_region', 'lesion_response', 'detect_lesions', 'crop_patches',
-           'random_centres', 'random_region_points', 'artefact_hits', 'auc_interval', 'trivial_statistics',
-           'detector_checks', 'hard_negative_count', 'level_infonce', 'self_paced_mask', 'multilevel_loss', 'grad_cam']
+           'random_centres', 'random_region_points', 'artefact_hits', 'auc_se', 'auc_interval', 'added_separation',
+           'trivial_statistics', 'detector_checks', 'hard_negative_count', 'level_infonce', 'self_paced_mask',
+           'multilevel_loss', 'grad_cam']
 
 # %% ../nbs/13_comcl.ipynb #0ea6e9ad
 def _u(g, n, lo, hi): return lo + (hi - lo) * torch.rand(n, generator=g)
 
 MAX_SPOTS = 4
 
-def degrade_fundus(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    "Uneven illumination, blur and spot artefacts on float fundus images (N, C, H, W) in [0, 1]; returns (images, spots (N, 4, 3) as (x, y, radius) px, NaN where absent)."
+def degrade_fundus(x: torch.Tensor, g: torch.Generator, with_spots: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    "Uneven illumination, blur and spot artefacts on float fundus images (N, C, H, W) in [0, 1]; returns (images, spots (N, 4, 3) as (x, y, radius) px, NaN where absent). `with_spots=False`: the same draws, no spots (a reference for the checks)."
     n, _, h, w = x.shape
     dev = x.device
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, h, device=dev), torch.linspace(-1, 1, w, device=dev), indexing='ij')
@@ -41,11 +42,11 @@ def degrade_fundus(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, t
     for k in range(MAX_SPOTS):
         cx, cy, r = _u(g, n, 0.15, 0.85) * w, _u(g, n, 0.15, 0.85) * h, _u(g, n, 1, 3)
         value = (torch.rand(n, generator=g) < 0.5).float()                       # dark or bright
-        on = (n_spots > k).float()
+        on = (n_spots > k).float() * with_spots
         d2 = (xx[None] * (w / 2) + w / 2 - cx.to(dev)[:, None, None]) ** 2 + (yy[None] * (h / 2) + h / 2 - cy.to(dev)[:, None, None]) ** 2
         alpha = (on.to(dev)[:, None, None] * 0.6 * torch.exp(-d2 / (2 * r.to(dev)[:, None, None] ** 2)))[:, None]
         x = x * (1 - alpha) + value.to(dev)[:, None, None, None] * alpha
-        spots[n_spots > k, k] = torch.stack([cx, cy, r], 1)[n_spots > k]          # where the spot went: the checks need it
+        if with_spots: spots[n_spots > k, k] = torch.stack([cx, cy, r], 1)[n_spots > k]   # where the spot went: the checks need it
     return x.clamp(0, 1), spots
 
 def degrade_xray(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +125,7 @@ def random_region_points(images: torch.Tensor, g: torch.Generator) -> torch.Tens
 
 # %% ../nbs/13_comcl.ipynb #58193c73
 ARTEFACT_TOLERANCE = 0.05   # the kept rule's top-1 boxes may sit on an artefact at most 5 points more often than random points
-RULE_TOLERANCE = 0.10       # the crop rule alone (random halves of the images, one cropped as L, one as H) may move a statistic's AUC at most 0.1 from 0.5
+RULE_Z = 1.96               # the crop-rule checks' tolerances: 1.96 Hanley-McNeil standard errors of an AUC
 
 def artefact_hits(centres: torch.Tensor,   # (N, 2) points as (x, y) px, e.g. top-1 detections
                   spots: torch.Tensor,     # (N, A, 3) injected artefacts as (x, y, radius) px, NaN where none
@@ -134,16 +135,25 @@ def artefact_hits(centres: torch.Tensor,   # (N, 2) points as (x, y) px, e.g. to
     d = (centres[:, None, :].float().cpu() - spots[:, :, :2]).norm(dim=-1)
     return (d <= spots[:, :, 2] + margin).any(1)                  # NaN (no spot) compares False
 
-def auc_interval(scores, positive, z: float = 1.96) -> tuple[float, float, float]:
+def auc_se(auc: float, n_pos: int, n_neg: int) -> float:
+    "Hanley & McNeil's (1982) standard error of a ROC-AUC from `n_pos` positive and `n_neg` negative scores."
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    return math.sqrt(max(auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc), 0) / (n_pos * n_neg))
+
+def auc_interval(scores, positive, z: float = RULE_Z) -> tuple[float, float, float]:
     "ROC-AUC of `scores` (N,) for bool `positive` (N,), with a Hanley & McNeil (1982) normal interval: (auc, low, high)."
     from sklearn.metrics import roc_auc_score
     pos = torch.as_tensor(positive).bool().cpu()
     n1, n0 = int(pos.sum()), int((~pos).sum())
     if not n1 or not n0: raise ValueError(f"an AUC needs both classes, got {n1} positive and {n0} negative: pass more images")
     a = float(roc_auc_score(pos.numpy(), torch.as_tensor(scores).float().cpu().numpy()))
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    se = math.sqrt(max(a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a), 0) / (n1 * n0))
+    se = auc_se(a, n1, n0)
     return a, a - z * se, a + z * se
+
+def added_separation(patch_scores, whole_scores, positive, z: float = RULE_Z) -> tuple[float, float]:
+    "How much further from 0.5 the patches' AUC (N,) lies than the whole images' (negative: nearer), and the tolerance z·SE of the patch AUC."
+    a, low, high = auc_interval(patch_scores, positive, z)
+    return abs(a - 0.5) - abs(auc_interval(whole_scores, positive, z)[0] - 0.5), (high - low) / 2
 
 def trivial_statistics(images: torch.Tensor) -> dict:
     "What a patch shows without any learning, (N,) each: pixel mean, pixel sd, the detector's peak response."
@@ -155,23 +165,26 @@ def detector_checks(clean: torch.Tensor,   # (N, C, H, W) uint8 images, never de
                     lesion: torch.Tensor,  # (N,) bool: DR grade > 0, pneumonia
                     kind: str,             # 'fundus' or 'xray' (`make_low_quality`)
                     seed: int = 0) -> dict:
-    "The surrogate detector's three checks: top-1 boxes on artefacts vs random points, clean-image AUC, crop rule AUCs (L vs H, and random halves)."
+    "The surrogate detector's three checks: top-1 boxes on artefacts vs random points, clean-image AUC, and the crop rule (random halves; L vs H)."
     degraded, _, spots = make_low_quality(clean, 1.0, kind, seed, return_artefacts=True)
     g, lesion = torch.Generator().manual_seed(seed), lesion.bool().cpu()
     (on_clean, conf), on_degraded = detect_lesions(clean, k=1), detect_lesions(degraded, k=1)[0]
+    on_clean, on_degraded = on_clean[:, 0].cpu(), on_degraded[:, 0].cpu()
     out = {'images': len(clean), 'lesion images': int(lesion.sum())}
     if spots.shape[1]:                                              # X-ray degradations have no local artefacts
-        for name, pts in (('detected on degraded', on_degraded[:, 0]), ('detected on clean', on_clean[:, 0]),
-                          ('random points', random_region_points(clean, g))):
+        for name, pts in (('detected on degraded', on_degraded), ('detected on clean', on_clean), ('random points', random_region_points(clean, g))):
             out[f'on artefact: {name}'] = float(artefact_hits(pts, spots).float().mean())
     out['AUC'], out['AUC low'], out['AUC high'] = auc_interval(conf[:, 0], lesion)
     half = torch.randperm(len(clean), generator=g) < len(clean) // 2   # random halves: the rule is all that differs
-    for rule, as_l in (('old rule', on_degraded[:, 0].cpu()), ('same rule', on_clean[:, 0].cpu())):   # an L patch's box
-        for split, is_l in (('L vs H', lesion), ('rule alone', half)):
-            as_h = on_clean[:, 0].cpu() if rule == 'same rule' else random_centres(len(clean), clean.shape[-1], g)
-            x = crop_patches(degraded, torch.where(is_l[:, None], as_l, as_h).to(degraded.device))
-            for stat, v in trivial_statistics(x).items(): out[f'{split} AUC, {stat}, {rule}'] = auc_interval(v, is_l)[0]
-    for stat, v in trivial_statistics(degraded).items(): out[f'L vs H AUC, {stat}, whole image'] = auc_interval(v, lesion)[0]
+    anywhere = random_centres(len(clean), clean.shape[-1], g)            # H patches at random positions (the paper's RandC)
+    for rule, as_l in (('old rule', on_degraded), ('clean box vs random', on_clean)):   # the same rule needs no check: see above
+        x = crop_patches(degraded, torch.where(half[:, None], as_l, anywhere).to(degraded.device))
+        for stat, v in trivial_statistics(x).items(): out[f'rule alone AUC, {stat}, {rule}'] = auc_interval(v, half)[0]
+    out['rule alone: chance band (1.96 SE)'] = RULE_Z * auc_se(0.5, int(half.sum()), int((~half).sum()))
+    patch, whole = trivial_statistics(crop_patches(degraded, on_clean.to(degraded.device))), trivial_statistics(degraded)
+    for stat in patch:                                             # the same rule on the real labels: added separation?
+        out[f'L vs H AUC, {stat}, same-rule patch'], out[f'L vs H AUC, {stat}, whole image'] = (auc_interval(v, lesion)[0] for v in (patch[stat], whole[stat]))
+        out[f'L vs H, {stat}: patch further from 0.5 by'], out[f'L vs H, {stat}: tolerance (1.96 SE)'] = added_separation(patch[stat], whole[stat], lesion)
     return out
 
 # %% ../nbs/13_comcl.ipynb #33ebd619
