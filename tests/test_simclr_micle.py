@@ -93,3 +93,35 @@ def test_contrastive_batches_never_hold_a_lone_pair(n, batch, drop_last):
 def test_pretraining_refuses_a_source_without_negatives():
     with pytest.raises(ValueError, match='at least 2'):
         contrastive_batches(1, 256)
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_the_chapters_micle_pairs_are_two_zones_of_one_patient_day(seed):
+    from medcl_nb.simclr_micle import lus_bags, lus_micle_cohort
+    c = lus_micle_cohort(seed)
+    bag, clip = lus_bags(c, frames=3)
+    sampler = BagSampler(bag, clip_of_image=clip)
+    a, b = sampler.pairs(torch.arange(sampler.n_bags).repeat(3), torch.Generator().manual_seed(seed))
+    assert (clip[a] != clip[b]).all()                                     # never two frames of one clip
+    assert torch.equal(c.patient[clip[a]], c.patient[clip[b]]) and torch.equal(c.day[clip[a]], c.day[clip[b]])
+    assert (c.zone[clip[a]] != c.zone[clip[b]]).all()
+    stats = pair_statistics(sampler, torch.zeros(len(bag), 1, 2, 2, dtype=torch.uint8))
+    assert stats['two frames of one clip'] == 0 and stats['two clips'] == 1
+
+
+@pytest.mark.parametrize('fraction', [0.05, 0.1, 0.5])
+def test_validation_subset_is_in_proportion_to_the_label_fraction(fraction):
+    from medcl_nb.simclr_micle import labelled_subsets
+    y_train, y_val = torch.arange(2000) % 4, torch.arange(400) % 4
+    tr, va = labelled_subsets(y_train, y_val, fraction, seed=0)
+    assert abs(len(tr) - fraction * 2000) <= 4 and abs(len(va) - fraction * 400) <= 4
+    assert len(va) / len(y_val) <= fraction + 0.01
+    assert [len(i) for i in labelled_subsets(y_train, y_val, 1.0)] == [2000, 400]
+
+
+def test_supervised_natural_learns_from_the_same_photos_as_simclr():
+    from medcl_nb import simclr_micle
+    assert not hasattr(simclr_micle, 'imagenet_state')                   # no ImageNet on one side only
+    photos = natural_photos(side=64)
+    source = simclr_micle.pretrain_supervised_natural(SimCLRNet('resnet18_w8'), photos, pretraining_augment(), 1, 16, batch_size=8)
+    assert source == simclr_micle.NATURAL_SOURCE
