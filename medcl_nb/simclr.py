@@ -23,7 +23,8 @@ from .train import (fit, batch_indices, epoch_generator, autocast_context, add_e
 
 # %% auto #0
 __all__ = ['to_network_input', 'SimCLRNet', 'pretraining_augment', 'fine_tuning_augment', 'bags_from_ids', 'BagSampler',
-           'contrastive_batches', 'simclr_optimizer', 'pretrain_simclr', 'predict_proba', 'fine_tune']
+           'pair_statistics', 'contrastive_batches', 'simclr_optimizer', 'pretrain_simclr', 'predict_proba',
+           'fine_tune']
 
 # %% ../nbs/08b_simclr.ipynb #46d35e5c
 def to_network_input(x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,7 @@ class SimCLRNet(nn.Module):
 
 # %% ../nbs/08b_simclr.ipynb #513381de
 def pretraining_augment(kind: str = 'colour', flips: bool = True, size: int = 28) -> BatchAugment:
-    "SimCLR augmentation: 'colour' (the full recipe) or 'chest' (no blur); `flips=False` removes horizontal flips."
+    "SimCLR augmentation: 'colour' (the full recipe the review lists) or 'chest' (this book's variant without blur); `flips=False` removes horizontal flips."
     if kind not in ('colour', 'chest'): raise ValueError(f"kind must be 'colour' or 'chest', not {kind!r}")
     c = simclr_config(size)
     return BatchAugment(replace(c, blur_p=0.0 if kind == 'chest' else c.blur_p, hflip_p=c.hflip_p if flips else 0.0))
@@ -59,20 +60,60 @@ def bags_from_ids(ids) -> torch.Tensor:
     _, inverse = np.unique(np.asarray(ids), return_inverse=True)
     return torch.as_tensor(inverse, dtype=torch.long)
 
-class BagSampler:
-    "Images grouped by bag; `pairs(bags, generator)` draws two distinct images per bag (one, twice, for single-image bags)."
-    def __init__(self, bag_of_image: torch.Tensor):
-        self.order = torch.argsort(bag_of_image, stable=True)
-        self.sizes = torch.bincount(bag_of_image)
-        if (self.sizes == 0).any(): raise ValueError("bag ids must be 0..B-1 with no empty bag (use bags_from_ids)")
+class _Groups:
+    "Members of groups 0..G-1 (given the group of every member), drawn at random for many groups at once."
+    def __init__(self, group_of: torch.Tensor):
+        self.order, self.sizes = torch.argsort(group_of, stable=True), torch.bincount(group_of)
         self.starts = torch.cumsum(self.sizes, 0) - self.sizes
+    def two(self, groups: torch.Tensor, g=None) -> tuple[torch.Tensor, torch.Tensor]:
+        "Two members of each group, different when the group has two or more."
+        size, start = self.sizes[groups], self.starts[groups]
+        first = (torch.rand(len(groups), generator=g) * size).long()
+        other = (first + 1 + (torch.rand(len(groups), generator=g) * (size - 1)).long()) % size   # != first if size > 1
+        return self.order[start + first], self.order[start + other]
+
+# %% ../nbs/08b_simclr.ipynb #4f838e94
+class BagSampler:
+    "Images grouped by bag and, within a bag, by clip; `pairs` draws two images of different clips per bag (one image twice if the bag has one clip)."
+    def __init__(self, bag_of_image: torch.Tensor,    # (N,) bag 0..B-1 of every image (`bags_from_ids`)
+                 clip_of_image=None,                   # (N,) clip (acquisition) id of every image; None: each image its own clip
+                ):
+        bag_of_image = torch.as_tensor(bag_of_image).long()
+        self.sizes = torch.bincount(bag_of_image)     # images per bag
+        if (self.sizes == 0).any(): raise ValueError("bag ids must be 0..B-1 with no empty bag (use bags_from_ids)")
+        self.clip_of_image = (torch.arange(len(bag_of_image)) if clip_of_image is None
+                              else bags_from_ids(clip_of_image.cpu() if torch.is_tensor(clip_of_image) else clip_of_image))
+        bag_of_clip = torch.zeros(int(self.clip_of_image.max()) + 1, dtype=torch.long).scatter_(0, self.clip_of_image, bag_of_image)
+        if not torch.equal(bag_of_clip[self.clip_of_image], bag_of_image):
+            raise ValueError("a clip's frames lie in two bags: give every frame of a clip the bag of its patient and day")
+        self._clips, self._frames = _Groups(bag_of_clip), _Groups(self.clip_of_image)
     @property
     def n_bags(self): return len(self.sizes)
-    def pairs(self, bags: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        size, start = self.sizes[bags], self.starts[bags]
-        first = (torch.rand(len(bags), generator=generator) * size).long()
-        other = (first + 1 + (torch.rand(len(bags), generator=generator) * (size - 1)).long()) % size   # != first if size > 1
-        return self.order[start + first], self.order[start + other]
+    @property
+    def clips_per_bag(self): return self._clips.sizes
+    def pairs(self, bags: torch.Tensor,                   # (n,) bag of each pair
+              generator: torch.Generator | None = None,
+              same: bool = False,                         # True: the first image twice (SimCLR on the same batches)
+             ) -> tuple[torch.Tensor, torch.Tensor]:      # (n,), (n,) image indices
+        c1, c2 = self._clips.two(bags, generator)
+        f1, f2 = self._frames.two(c1, generator)[0], self._frames.two(c2, generator)[0]   # the same draws for `same`
+        return f1, torch.where((c1 == c2) | same, f1, f2)    # one clip: one frame twice, never two frames of a clip
+
+# %% ../nbs/08b_simclr.ipynb #31ea2dc5
+def pair_statistics(sampler: BagSampler, images: torch.Tensor,  # uint8 images (N, C, H, W) the sampler indexes
+                    n: int = 4000, seed: int = 0,
+                    clip_of_image=None,                          # (N,) true clip ids; None: the sampler's own
+                   ) -> dict:
+    "Shares of MICLe pairs that are one image twice, two frames of one clip, two clips; mean |Δ pixel| (0-1) of two-image pairs."
+    g = torch.Generator().manual_seed(seed)
+    a, b = sampler.pairs(torch.randint(0, sampler.n_bags, (n,), generator=g), g)
+    clip = sampler.clip_of_image if clip_of_image is None else bags_from_ids(clip_of_image.cpu() if torch.is_tensor(clip_of_image) else clip_of_image)
+    one = a == b
+    one_clip = (clip[a] == clip[b]) & ~one
+    diff = (images[a.to(images.device)].float() - images[b.to(images.device)].float()).abs().flatten(1).mean(1).cpu() / 255
+    return {'pairs': n, 'one image twice': float(one.float().mean()), 'two frames of one clip': float(one_clip.float().mean()),
+            'two clips': float((~one & ~one_clip).float().mean()),
+            'mean |Δ pixel|, two-image pairs': float(diff[~one].mean()) if (~one).any() else math.nan}
 
 # %% ../nbs/08b_simclr.ipynb #92ba6e9f
 def contrastive_batches(n: int,                  # images to batch
@@ -98,13 +139,18 @@ def simclr_optimizer(model: nn.Module, batch_size: int, epochs: int, steps_per_e
 
 def pretrain_simclr(net: SimCLRNet, images, augment: BatchAugment, epochs: int, batch_size: int = 256,
                     temperature: float = 0.5, seed: int = 0, device='cpu', bags: BagSampler | None = None,
+                    positives: str = 'micle',   # with `bags`: 'micle' (two images of a bag) or 'same' (SimCLR, one image twice)
                     checkpoint_path=None, desc: str = 'SimCLR') -> list[dict]:
     "SimCLR (or MICLe, given `bags`) pretraining of `net` in place; `images` is a uint8 tensor or `epoch -> tensor`."
+    if positives not in ('micle', 'same'): raise ValueError(f"positives must be 'micle' or 'same', not {positives!r}")
     source = images if callable(images) else (lambda epoch: images)
     n = len(source(0))
     if (bags.n_bags if bags is not None else n) < 2:
         raise ValueError(f"pretraining needs at least 2 {'bags' if bags is not None else 'images'} per batch (the other "
                          f"pairs are the negatives), got {bags.n_bags if bags is not None else n}")
+    if bags is not None and batch_size > bags.n_bags:
+        raise ValueError(f"batch_size {batch_size} exceeds the {bags.n_bags} bags (a batch holds distinct bags): "
+                         f"pass batch_size <= {bags.n_bags}, the same for every run you compare")
     steps = max(1, n // batch_size)
     def batches(epoch):
         x = source(epoch)
@@ -112,11 +158,9 @@ def pretrain_simclr(net: SimCLRNet, images, augment: BatchAugment, epochs: int, 
             for idx in contrastive_batches(n, batch_size, drop_last=n >= batch_size, generator=epoch_generator(seed, epoch, device), device=device):
                 yield augment(x[idx]), augment(x[idx])
             return
-        # MICLe: as many steps per epoch as SimCLR on the same images, each a batch of distinct bags (never two
-        # anchors of one patient in a batch, which would make them each other's negatives)
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)   # the same draws for 'micle' and 'same'
         for _ in range(steps):
-            i1, i2 = bags.pairs(torch.randperm(bags.n_bags, generator=g)[:batch_size], g)
+            i1, i2 = bags.pairs(torch.randperm(bags.n_bags, generator=g)[:batch_size], g, same=positives == 'same')
             yield augment(x[i1.to(x.device)]), augment(x[i2.to(x.device)])
     optimizer, scheduler = simclr_optimizer(net, batch_size, epochs, steps)
     return fit(net, lambda m, b: nt_xent_loss(m(b[0]), m(b[1]), temperature), batches, epochs, optimizer, scheduler,

@@ -13,12 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import BatchAugment
-from .simclr import SimCLRNet, simclr_optimizer, to_network_input
+from .data import stratified_indices
+from .simclr import SimCLRNet, bags_from_ids, simclr_optimizer, to_network_input
+from .simulators import make_cohort, plan_counts, scaled_split_pairs
 from .train import fit, batch_indices, epoch_generator
 
 # %% auto #0
-__all__ = ['NATURAL_PHOTOS', 'IMAGENET_WEIGHTS', 'natural_photos', 'natural_crops', 'imagenet_state',
-           'pretrain_supervised_natural']
+__all__ = ['NATURAL_PHOTOS', 'NATURAL_SOURCE', 'LUS_MICLE_PLAN', 'natural_photos', 'natural_crops', 'pretrain_supervised_natural',
+           'lus_micle_cohort', 'lus_bags', 'labelled_subsets']
 
 # %% ../nbs/12_simclr_micle.ipynb #58c62f01
 NATURAL_PHOTOS = ('astronaut', 'camera', 'chelsea', 'coffee', 'rocket', 'coins', 'moon', 'brick', 'grass', 'gravel',
@@ -51,24 +53,11 @@ def natural_crops(photos: torch.Tensor, n: int, size: int = 28, scale=(0.02, 0.3
     return crops.round().clamp(0, 255).byte(), source.to(photos.device)
 
 # %% ../nbs/12_simclr_micle.ipynb #47c0b242
-IMAGENET_WEIGHTS = {'resnet18': 'ResNet18_Weights', 'resnet50': 'ResNet50_Weights', 'wide_resnet50_2': 'Wide_ResNet50_2_Weights'}
-
-def imagenet_state(arch: str) -> dict | None:
-    "torchvision's ImageNet weights of `arch` without stem and head, if they are in the torch cache; None otherwise."
-    import torchvision.models as tvm
-    if arch not in IMAGENET_WEIGHTS: return None                       # a narrow ResNet has no ImageNet weights
-    weights = getattr(tvm, IMAGENET_WEIGHTS[arch]).IMAGENET1K_V1
-    if not (Path(torch.hub.get_dir())/'checkpoints'/Path(weights.url).name).is_file(): return None
-    state = weights.get_state_dict(progress=False)
-    return {k: v for k, v in state.items() if not k.startswith(('conv1.', 'fc.'))}
+NATURAL_SOURCE = 'natural-photo surrogate: crops of the 13 scikit-image photographs'
 
 def pretrain_supervised_natural(net: SimCLRNet, photos: torch.Tensor, augment: BatchAugment, epochs: int,
                                 crops_per_epoch: int, batch_size: int = 256, seed: int = 0, device='cpu', desc='supervised') -> str:
-    "ImageNet weights into `net.encoder` when cached ('imagenet'), else the photo-identity surrogate ('surrogate')."
-    state = imagenet_state(net.arch)
-    if state is not None:
-        net.encoder.load_state_dict(state, strict=False)
-        return 'imagenet'
+    "Supervised pretraining of `net.encoder` on the photo crops, label = the photo a crop came from; returns `NATURAL_SOURCE`."
     head = nn.Linear(net.encoder.dim, len(photos))
     model = nn.ModuleDict({'encoder': net.encoder, 'head': head}).to(device)
     def batches(epoch):
@@ -78,4 +67,28 @@ def pretrain_supervised_natural(net: SimCLRNet, photos: torch.Tensor, augment: B
     optimizer, scheduler = simclr_optimizer(model, batch_size, epochs, math.ceil(crops_per_epoch / batch_size))
     fit(model, lambda m, b: F.cross_entropy(m['head'](m['encoder'](to_network_input(b[0]))).float(), b[1]), batches,
         epochs, optimizer, scheduler, scheduler_interval='step', device=device, desc=desc)
-    return 'surrogate'
+    return NATURAL_SOURCE
+
+# %% ../nbs/12_simclr_micle.ipynb #f1244823
+LUS_MICLE_PLAN = ((74, 2, 2), (59, 2, 3), (56, 2, 4))   # (patients, zones, days): LEARNER's 189 patients, both zones daily
+
+def lus_micle_cohort(seed: int = 0, plan=LUS_MICLE_PLAN):
+    "A simulated LUS cohort scanned in both zones every day; LEARNER's split proportions, rounded to the even pair counts such patients have."
+    split = scaled_split_pairs(plan_counts(plan)['pairs'])
+    held = {k: 2 * round(v / 2) for k, v in split.items() if k != 'train'}
+    return make_cohort('lus', seed=seed, plan=plan, split_pairs={'train': sum(split.values()) - sum(held.values()), **held})
+
+def lus_bags(cohort, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "MICLe bag (patient-day) and clip (scan) of every frame of `render_lus(cohort, frames=frames).flatten(0, 1)`: two (n_scans·frames,) tensors."
+    bag = bags_from_ids([f'{p}/{d}' for p, d in zip(cohort.patient.tolist(), cohort.day.tolist())])
+    return bag.repeat_interleave(frames), torch.arange(cohort.n_scans).repeat_interleave(frames)
+
+# %% ../nbs/12_simclr_micle.ipynb #b5d42be8
+def labelled_subsets(train_labels: torch.Tensor,   # (N,) classes of the labelled pool
+                     val_labels: torch.Tensor,     # (M,) classes of the validation split
+                     fraction: float,              # share of labels, in (0, 1]
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    "Indices of `fraction` of the training labels and of the same `fraction` of the validation split (class-stratified, seeded); all of both at 1."
+    if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction == 1: return torch.arange(len(train_labels)), torch.arange(len(val_labels))
+    return stratified_indices(train_labels, float(fraction), seed), stratified_indices(val_labels, float(fraction), seed + 1)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from medcl_nb.simclr import BagSampler, bags_from_ids, contrastive_batches, pretraining_augment, SimCLRNet
+from medcl_nb.simclr import (BagSampler, bags_from_ids, contrastive_batches, pair_statistics, pretrain_simclr,
+                             pretraining_augment, SimCLRNet)
 from medcl_nb.simclr_micle import natural_crops, natural_photos, NATURAL_PHOTOS
 
 
@@ -17,6 +18,39 @@ def test_micle_pairs_stay_in_their_bag_and_differ_when_they_can(seed):
     assert torch.equal(bags[a], chosen) and torch.equal(bags[b], chosen)
     several = sampler.sizes[chosen] > 1
     assert (a[several] != b[several]).all() and torch.equal(a[~several], b[~several])
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_micle_pairs_are_never_two_frames_of_one_clip(seed):
+    g = torch.Generator().manual_seed(seed)
+    clips_per_bag = torch.randint(1, 4, (30,), generator=g)                 # 30 patient-days of 1-3 clips
+    bag_of_clip = torch.repeat_interleave(torch.arange(30), clips_per_bag)
+    frames = torch.randint(1, 5, (len(bag_of_clip),), generator=g)           # 1-4 frames per clip
+    clip = torch.repeat_interleave(torch.arange(len(bag_of_clip)), frames)
+    sampler = BagSampler(bag_of_clip[clip], clip_of_image=clip)
+    chosen = torch.randint(0, 30, (1000,), generator=g)
+    a, b = sampler.pairs(chosen, g)
+    assert torch.equal(bag_of_clip[clip[a]], chosen) and torch.equal(bag_of_clip[clip[b]], chosen)
+    one_clip = clips_per_bag[chosen] == 1
+    assert (clip[a][~one_clip] != clip[b][~one_clip]).all()              # several clips: always two of them
+    assert torch.equal(a[one_clip], b[one_clip])                         # one clip: one frame twice, never two frames
+    assert pair_statistics(sampler, torch.zeros(len(clip), 1, 2, 2, dtype=torch.uint8))['two frames of one clip'] == 0
+
+
+def test_simclr_on_bags_sees_the_same_batches_as_micle():
+    sampler = BagSampler(torch.arange(24) // 3, clip_of_image=torch.arange(24))
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    chosen = torch.randperm(8, generator=torch.Generator().manual_seed(1))
+    m1, m2 = sampler.pairs(chosen, g1)
+    s1, s2 = sampler.pairs(chosen, g2, same=True)
+    assert torch.equal(m1, s1) and torch.equal(s1, s2) and (m1 != m2).all()
+
+
+def test_a_batch_larger_than_the_bags_is_refused():
+    images = torch.randint(0, 255, (40, 1, 28, 28), dtype=torch.uint8)
+    with pytest.raises(ValueError, match='exceeds the 10 bags'):
+        pretrain_simclr(SimCLRNet('resnet18_w8'), images, pretraining_augment(), 1, batch_size=16,
+                        bags=BagSampler(torch.arange(40) // 4))
 
 
 def test_bags_must_not_be_empty():
@@ -35,6 +69,7 @@ def test_natural_crops_are_seeded_and_come_from_the_photos():
 
 def test_chest_pipeline_switches():
     assert pretraining_augment('chest').config.blur_p == 0 and pretraining_augment('chest').config.hflip_p > 0
+    assert pretraining_augment('colour').config.blur_p > 0          # the review's recipe: crop, colour, blur, flip
     assert pretraining_augment('colour', flips=False).config.hflip_p == 0
 
 
@@ -58,3 +93,35 @@ def test_contrastive_batches_never_hold_a_lone_pair(n, batch, drop_last):
 def test_pretraining_refuses_a_source_without_negatives():
     with pytest.raises(ValueError, match='at least 2'):
         contrastive_batches(1, 256)
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_the_chapters_micle_pairs_are_two_zones_of_one_patient_day(seed):
+    from medcl_nb.simclr_micle import lus_bags, lus_micle_cohort
+    c = lus_micle_cohort(seed)
+    bag, clip = lus_bags(c, frames=3)
+    sampler = BagSampler(bag, clip_of_image=clip)
+    a, b = sampler.pairs(torch.arange(sampler.n_bags).repeat(3), torch.Generator().manual_seed(seed))
+    assert (clip[a] != clip[b]).all()                                     # never two frames of one clip
+    assert torch.equal(c.patient[clip[a]], c.patient[clip[b]]) and torch.equal(c.day[clip[a]], c.day[clip[b]])
+    assert (c.zone[clip[a]] != c.zone[clip[b]]).all()
+    stats = pair_statistics(sampler, torch.zeros(len(bag), 1, 2, 2, dtype=torch.uint8))
+    assert stats['two frames of one clip'] == 0 and stats['two clips'] == 1
+
+
+@pytest.mark.parametrize('fraction', [0.05, 0.1, 0.5])
+def test_validation_subset_is_in_proportion_to_the_label_fraction(fraction):
+    from medcl_nb.simclr_micle import labelled_subsets
+    y_train, y_val = torch.arange(2000) % 4, torch.arange(400) % 4
+    tr, va = labelled_subsets(y_train, y_val, fraction, seed=0)
+    assert abs(len(tr) - fraction * 2000) <= 4 and abs(len(va) - fraction * 400) <= 4
+    assert len(va) / len(y_val) <= fraction + 0.01
+    assert [len(i) for i in labelled_subsets(y_train, y_val, 1.0)] == [2000, 400]
+
+
+def test_supervised_natural_learns_from_the_same_photos_as_simclr():
+    from medcl_nb import simclr_micle
+    assert not hasattr(simclr_micle, 'imagenet_state')                   # no ImageNet on one side only
+    photos = natural_photos(side=64)
+    source = simclr_micle.pretrain_supervised_natural(SimCLRNet('resnet18_w8'), photos, pretraining_augment(), 1, 16, batch_size=8)
+    assert source == simclr_micle.NATURAL_SOURCE
