@@ -181,8 +181,8 @@ def _kernel_manager_class():
             # the kernel process's own log (e.g. "KeyboardInterrupt caught in kernel" when Ctrl-C lands between cells)
             # goes to a file in Jupyter's runtime folder: medcl's stderr keeps its one line; cells' output is unaffected
             os.makedirs(jupyter_runtime_dir(), exist_ok=True)
-            kw.setdefault('stderr', open(os.path.join(jupyter_runtime_dir(), f'medcl-{os.getpid()}-kernel.log'), 'ab'))
-            return await super()._async_launch_kernel(kernel_cmd, **kw)
+            with open(os.path.join(jupyter_runtime_dir(), f'medcl-{os.getpid()}-kernel.log'), 'ab') as log:  # the child keeps its copy
+                return await super()._async_launch_kernel(kernel_cmd, **{'stderr': log, **kw})
     return BookKernelManager
 
 def _interrupt_kernels() -> bool:

@@ -57,7 +57,7 @@ def fine_tuning_augment(flips: bool = True, size: int = 28) -> BatchAugment:
 # %% ../nbs/08b_simclr.ipynb #6f687736
 def bags_from_ids(ids) -> torch.Tensor:
     "Bag index (0..B-1) of every image from any per-image patient or lesion ids (e.g. HAM10000 lesion_id)."
-    _, inverse = np.unique(np.asarray(ids), return_inverse=True)
+    _, inverse = np.unique(np.asarray(ids.cpu() if torch.is_tensor(ids) else ids), return_inverse=True)   # tensors on any device
     return torch.as_tensor(inverse, dtype=torch.long)
 
 class _Groups:
@@ -82,7 +82,7 @@ class BagSampler:
         self.sizes = torch.bincount(bag_of_image)     # images per bag
         if (self.sizes == 0).any(): raise ValueError("bag ids must be 0..B-1 with no empty bag (use bags_from_ids)")
         self.clip_of_image = (torch.arange(len(bag_of_image)) if clip_of_image is None
-                              else bags_from_ids(clip_of_image.cpu() if torch.is_tensor(clip_of_image) else clip_of_image))
+                              else bags_from_ids(clip_of_image))
         bag_of_clip = torch.zeros(int(self.clip_of_image.max()) + 1, dtype=torch.long).scatter_(0, self.clip_of_image, bag_of_image)
         if not torch.equal(bag_of_clip[self.clip_of_image], bag_of_image):
             raise ValueError("a clip's frames lie in two bags: give every frame of a clip the bag of its patient and day")
@@ -107,7 +107,7 @@ def pair_statistics(sampler: BagSampler, images: torch.Tensor,  # uint8 images (
     "Shares of MICLe pairs that are one image twice, two frames of one clip, two clips; mean |Δ pixel| (0-1) of two-image pairs."
     g = torch.Generator().manual_seed(seed)
     a, b = sampler.pairs(torch.randint(0, sampler.n_bags, (n,), generator=g), g)
-    clip = sampler.clip_of_image if clip_of_image is None else bags_from_ids(clip_of_image.cpu() if torch.is_tensor(clip_of_image) else clip_of_image)
+    clip = sampler.clip_of_image if clip_of_image is None else bags_from_ids(clip_of_image)
     one = a == b
     one_clip = (clip[a] == clip[b]) & ~one
     diff = (images[a.to(images.device)].float() - images[b.to(images.device)].float()).abs().flatten(1).mean(1).cpu() / 255
