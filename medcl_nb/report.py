@@ -19,8 +19,8 @@ from .core import (PROFILES, atomic_write_bytes, atomic_write_json, atomic_write
 __all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'VERDICTS', 'LEDGER_PROFILES', 'PaperRegistry',
            'results_dir', 'save_seed_result', 'finished_seeds', 'seeds_to_run', 'load_results', 'mean_sd',
            'format_mean_sd', 'comparison_table', 'markdown_table', 'write_table', 'show_table', 'save_figure',
-           'claim_verdict', 'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'write_summary',
-           'book_overview', 'committed_claims', 'claims_ledger']
+           'claim_verdict', 'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading',
+           'write_summary', 'book_overview', 'committed_claims', 'claims_ledger']
 
 # %% ../nbs/05_report.ipynb #dcc850b6
 @dataclass
@@ -241,6 +241,26 @@ def show_claims(df: pd.DataFrame, title: str = ''):
     "Display a claims table in the notebook, as Markdown."
     from IPython.display import Markdown, display
     display(Markdown((f"**{title}**\n\n" if title else '') + claims_markdown(df)))
+
+# %% ../nbs/05_report.ipynb #26d3e6cb
+def claims_reading(df: pd.DataFrame) -> str:
+    """A generated paragraph on a claims table (`claims_table`): the decided claims by name with Δ and interval, the
+    intervals' widths (claims judged on ≥ 2 seeds), and the claims not judged (not run, not testable, one seed). Markdown."""
+    judged = df[(df.n >= 2) & df.verdict.isin(['reproduced', 'contradicted', 'inconclusive'])]
+    decided = judged[judged.verdict.isin(['reproduced', 'contradicted'])]
+    profile = ', '.join(sorted({p for p in df.profile if p})) or 'no'
+    lines = [f"Of the {len(df)} claim{'s' * (len(df) != 1)}, {len(decided)} {'is' if len(decided) == 1 else 'are'} decided on the {profile} profile"
+             + (': ' + '; '.join(f"*{r.claim}* {r.verdict} (Δ {r.metric} {r['Δ']} {r['95 % interval']})" for _, r in decided.iterrows())
+                if len(decided) else '') + '.']
+    if len(judged):
+        w = judged.ci_high - judged.ci_low
+        lines.append(f"The 95 % intervals of the paired differences are {w.min():.3f} to {w.max():.3f} wide (median {w.median():.3f}): "
+                     "a true difference smaller than about half that width cannot be told from seed noise at this number of seeds.")
+    left = df.drop(judged.index)
+    why = left.verdict.where(left.verdict != 'inconclusive', 'one seed, no interval')
+    for reason in dict.fromkeys(why):
+        lines.append(f"Not judged ({reason}): " + '; '.join(f"*{r.claim}* ({r.metric})" for _, r in left[why == reason].iterrows()) + '.')
+    return '\n\n'.join(lines)
 
 # %% ../nbs/05_report.ipynb #53f50b72
 def write_summary(paper: PaperRegistry, results: list[dict], title: str, data: str, status: str = '') -> Path | None:
