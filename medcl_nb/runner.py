@@ -113,8 +113,9 @@ def show_cost(chapter: str, profile: str, results: list[dict]):
     from medcl_nb.report import markdown_table
     cost = cost_table(chapter, profile, results)
     if not len(cost): return display(Markdown('_No part has been run in this profile._'))
-    display(Markdown(markdown_table(cost)))
-    print(f"{cost['seeds'].sum()} (part, seed) runs, {(cost['measured s/seed'] * cost['seeds']).sum() / 60:.1f} min of wall time")
+    display(Markdown(markdown_table(cost.astype(object).where(cost.notna(), '–'))))   # '–': no plan kept for the part
+    print(f"{cost['seeds'].sum()} (part, seed) runs, {(cost['measured s/seed'] * cost['seeds']).sum() / 60:.1f} min of wall time"
+          + ('' if cost['plan s/seed'].notna().any() else '; no plan was kept beside these results'))
 
 # %% ../nbs/05a_runner.ipynb #34d8cb2b
 def run_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, device='auto', protocol: dict | None = None,
