@@ -244,8 +244,9 @@ def show_claims(df: pd.DataFrame, title: str = ''):
 
 # %% ../nbs/05_report.ipynb #26d3e6cb
 def claims_reading(df: pd.DataFrame) -> str:
-    """A generated paragraph on a claims table (`claims_table`): the decided claims by name with Δ and interval, the
-    intervals' widths (claims judged on ≥ 2 seeds), and the claims not judged (not run, not testable, one seed). Markdown."""
+    """A generated paragraph on a claims table (`claims_table`), as Markdown: the decided claims by name with Δ and
+    interval, the intervals' widths (claims judged on ≥ 2 seeds), how many decisions chance alone would give, and the
+    claims not judged (not run, not testable here, one seed)."""
     judged = df[(df.n >= 2) & df.verdict.isin(['reproduced', 'contradicted', 'inconclusive'])]
     decided = judged[judged.verdict.isin(['reproduced', 'contradicted'])]
     profile = ', '.join(sorted({p for p in df.profile if p})) or 'no'
@@ -256,6 +257,8 @@ def claims_reading(df: pd.DataFrame) -> str:
         w = judged.ci_high - judged.ci_low
         lines.append(f"The 95 % intervals of the paired differences are {w.min():.3f} to {w.max():.3f} wide (median {w.median():.3f}): "
                      "a true difference smaller than about half that width cannot be told from seed noise at this number of seeds.")
+    if len(judged) >= 5: lines.append(f"With {len(judged)} claims judged at 95 %, about {0.05 * len(judged):.1f} would be decided by chance "
+                                      "alone if no effect existed anywhere: a lone decided claim is weak evidence on its own.")
     left = df.drop(judged.index)
     why = left.verdict.where(left.verdict != 'inconclusive', 'one seed, no interval')
     for reason in dict.fromkeys(why):
