@@ -12,12 +12,13 @@ from torch import nn
 import kornia
 
 from .augment import to_float_images
+from .evaluate import auc_se
 from .simclr import to_network_input
 
 # %% auto #0
 __all__ = ['MAX_SPOTS', 'DEGRADATIONS', 'PATCH_FRACTION', 'ARTEFACT_TOLERANCE', 'RULE_Z', 'LEVEL_PAIRS', 'degrade_fundus',
            'degrade_xray', 'make_low_quality', 'detector_region', 'lesion_response', 'detect_lesions', 'crop_patches',
-           'random_centres', 'random_region_points', 'artefact_hits', 'auc_se', 'auc_interval', 'added_separation',
+           'random_centres', 'random_region_points', 'artefact_hits', 'auc_interval', 'added_separation',
            'trivial_statistics', 'detector_checks', 'hard_negative_count', 'level_infonce', 'self_paced_mask',
            'multilevel_loss', 'grad_cam']
 
@@ -134,11 +135,6 @@ def artefact_hits(centres: torch.Tensor,   # (N, 2) points as (x, y) px, e.g. to
     "Whether each point sits on one of its own image's injected artefacts."
     d = (centres[:, None, :].float().cpu() - spots[:, :, :2]).norm(dim=-1)
     return (d <= spots[:, :, 2] + margin).any(1)                  # NaN (no spot) compares False
-
-def auc_se(auc: float, n_pos: int, n_neg: int) -> float:
-    "Hanley & McNeil's (1982) standard error of a ROC-AUC from `n_pos` positive and `n_neg` negative scores."
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    return math.sqrt(max(auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc), 0) / (n_pos * n_neg))
 
 def auc_interval(scores, positive, z: float = RULE_Z) -> tuple[float, float, float]:
     "ROC-AUC of `scores` (N,) for bool `positive` (N,), with a Hanley & McNeil (1982) normal interval: (auc, low, high)."

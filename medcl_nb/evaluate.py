@@ -22,10 +22,11 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, precision_recall_
 from .core import get_device, seeded_rng
 
 # %% auto #0
-__all__ = ['TASKS', 'METRIC_AVERAGES', 'task_kind', 'to_numpy', 'as_label_vector', 'roc_auc', 'classification_metrics',
-           'knn_predict', 'standardize_features', 'ProbeResult', 'linear_probe', 'majority_class_scores',
-           'probe_baselines', 'ElbowResult', 'elbow_k', 'kmeans_elbow', 'cluster_label_mapping', 'map_clusters',
-           'plot_elbow', 'subsample_index', 'tsne_embed', 'tsne_panels', 'tsne_plot']
+__all__ = ['TASKS', 'METRIC_AVERAGES', 'PROBE_CS', 'task_kind', 'to_numpy', 'as_label_vector', 'roc_auc',
+           'classification_metrics', 'knn_predict', 'standardize_features', 'ProbeResult', 'linear_probe',
+           'majority_class_scores', 'probe_baselines', 'frozen_probe', 'auc_se', 'collapse_check', 'ElbowResult',
+           'elbow_k', 'kmeans_elbow', 'cluster_label_mapping', 'map_clusters', 'plot_elbow', 'subsample_index',
+           'tsne_embed', 'tsne_panels', 'tsne_plot']
 
 # %% ../nbs/03_evaluate.ipynb #a48c5793
 TASKS = ('binary', 'multi-class', 'multi-label')
@@ -280,6 +281,89 @@ def probe_baselines(train_x,             # (N, ...) images (flattened here) or f
         out['knn'][s] = classification_metrics(evals[s][1], pred, score, task)
         out['linear'][s] = classification_metrics(evals[s][1], probe.preds[s], probe.probs[s], task)
     return out
+
+# %% ../nbs/03_evaluate.ipynb #61a64c86
+PROBE_CS = (0.001, 0.01, 0.1, 1.0, 10.0)   # the regularisation grid of `frozen_probe`, fixed before any run
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, C: float, task: str, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multioutput import MultiOutputClassifier
+    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed)
+    return MultiOutputClassifier(lr).fit(x, y) if task == 'multi-label' else lr.fit(x, y)
+
+def _logistic_scores(model, x: np.ndarray, task: str) -> np.ndarray:
+    if task == 'multi-label': return np.stack([p[:, 1] for p in model.predict_proba(x)], 1)   # (N, L)
+    return model.predict_proba(x)                                                             # (N, C), rows sum to 1
+
+def frozen_probe(train_x,              # (N, ...) frozen features or images (flattened here), the labelled training set
+                 train_y,              # (N,) classes or (N, L) multi-label targets
+                 evals: dict,          # {split: (x, y)} to score once, e.g. {'test': (x_test, y_test)}
+                 task: str,
+                 Cs=PROBE_CS,          # inverse L2 strengths to choose from
+                 select: str = 'auc',  # the validation metric that chooses C (ties: the smaller C)
+                 val_share: float = 0.2,  # stratified share of train carved off to choose C
+                 k: int = 5,           # neighbours of the kNN read-out
+                 seed: int = 0) -> dict:
+    """Standardised logistic probe with `C` chosen on a carve of train, and a cosine kNN, on frozen features:
+    `{'linear': {split: metrics}, 'knn': {split: metrics}, 'C': chosen, 'selection': {C: val score}}`."""
+    from medcl_nb.data import stratified_indices
+    task = task_kind(task)
+    x = to_numpy(_flat_features(train_x, 'cpu')).astype(np.float64)
+    y = to_numpy(train_y).astype(np.int64) if task == 'multi-label' else as_label_vector(train_y)
+    if len(x) != len(y): raise ValueError(f"train_x has {len(x)} rows but train_y has {len(y)}.")
+    va = to_numpy(stratified_indices(torch.as_tensor(y), float(val_share), seed))
+    tr = np.setdiff1d(np.arange(len(y)), va)
+    mu, sd = x[tr].mean(0), x[tr].std(0); sd[sd == 0] = 1
+    selection = {}
+    for C in Cs:
+        m = _fit_logistic((x[tr] - mu) / sd, y[tr], C, task, seed)
+        selection[float(C)] = classification_metrics(y[va], y_score=_logistic_scores(m, (x[va] - mu) / sd, task), task=task)[select]
+    finite = {C: s for C, s in selection.items() if math.isfinite(s)}
+    if not finite: raise ValueError(f"no C has a finite validation {select}: the carve of {len(va)} images lacks a class; "
+                                    "give more labelled images or a larger val_share")
+    best = min(finite, key=lambda C: (-finite[C], C))
+    mu, sd = x.mean(0), x.std(0); sd[sd == 0] = 1
+    model, z = _fit_logistic((x - mu) / sd, y, best, task, seed), (x - mu) / sd
+    out = {'linear': {}, 'knn': {}, 'C': best, 'selection': selection}
+    for s, (ex, ey) in evals.items():
+        e = (to_numpy(_flat_features(ex, 'cpu')).astype(np.float64) - mu) / sd
+        out['linear'][s] = classification_metrics(ey, y_score=_logistic_scores(model, e, task), task=task)
+        pred, score = knn_predict(torch.as_tensor(z, dtype=torch.float32), torch.as_tensor(y), torch.as_tensor(e, dtype=torch.float32),
+                                  k=k, n_classes=None if task == 'multi-label' else max(int(y.max()) + 1, 2))
+        out['knn'][s] = classification_metrics(ey, pred, score, task)
+    return out
+
+# %% ../nbs/03_evaluate.ipynb #0d6fa60f
+def auc_se(auc: float, n_pos: int, n_neg: int) -> float:
+    "Hanley & McNeil's (1982) standard error of a ROC-AUC from `n_pos` positive and `n_neg` negative scores."
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    return math.sqrt(max(auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc), 0) / (n_pos * n_neg))
+
+def _chance_half_width(y: np.ndarray, n_classes: int) -> float:
+    "1.96 Hanley-McNeil standard errors of an AUC of 0.5 with these class counts (multi-class: one-vs-rest, averaged)."
+    counts = np.bincount(y, minlength=n_classes)
+    pairs = [(counts[1], counts[0])] if n_classes == 2 else [(c, len(y) - c) for c in counts]
+    return 1.96 * float(np.mean([auc_se(0.5, p, n) if p and n else math.inf for p, n in pairs]))
+
+def collapse_check(y_true,                 # (N,) classes or (N, 1) MedMNIST labels
+                   y_score,                # (N, C) probabilities, or (N,) / (N, 1) of class 1 (binary)
+                   task: str = 'multi-class',
+                   max_share: float = 0.95,  # one class predicted for at least this share: collapsed
+                  ) -> dict:
+    "Flag a model that predicts one class for ≥ `max_share` of the images or scores AUC at chance: {'collapsed', 'top_share', 'auc', 'chance_band', 'why'}."
+    task = task_kind(task)
+    if task == 'multi-label': raise ValueError("collapse_check takes single-label tasks; check each label of a multi-label task on its own")
+    yt, pred = as_label_vector(y_true), _predictions_from_scores(y_score, task).reshape(-1)
+    n_classes = max(_score_matrix(y_score).shape[1], 2, int(yt.max()) + 1)
+    top_share = float(np.bincount(pred, minlength=n_classes).max() / len(pred))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UndefinedMetricWarning)
+        auc = roc_auc(yt, y_score, task)
+    band = _chance_half_width(yt, n_classes)
+    why = []
+    if top_share >= max_share: why.append(f"one class for {top_share:.0%} of the images")
+    if math.isfinite(auc) and abs(auc - 0.5) <= band: why.append(f"AUC {auc:.3f} within chance (0.5 ± {band:.3f})")
+    return {'collapsed': bool(why), 'top_share': top_share, 'auc': auc, 'chance_band': band, 'why': '; '.join(why)}
 
 # %% ../nbs/03_evaluate.ipynb #678f088f
 @dataclass
