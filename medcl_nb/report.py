@@ -16,11 +16,12 @@ from .core import (PROFILES, atomic_write_bytes, atomic_write_json, atomic_write
                            project_root)
 
 # %% auto #0
-__all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'VERDICTS', 'LEDGER_PROFILES', 'PaperRegistry',
-           'results_dir', 'save_seed_result', 'finished_seeds', 'seeds_to_run', 'load_results', 'mean_sd',
-           'format_mean_sd', 'comparison_table', 'markdown_table', 'write_table', 'show_table', 'save_figure',
-           'claim_verdict', 'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading',
-           'write_summary', 'book_overview', 'committed_claims', 'claims_ledger']
+__all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'LEARNING_DATA_COLUMNS', 'VERDICTS', 'LEARNING_VERDICTS',
+           'SCALE_VERDICT', 'ALL_VERDICTS', 'LEDGER_PROFILES', 'PaperRegistry', 'results_dir', 'save_seed_result',
+           'finished_seeds', 'seeds_to_run', 'load_results', 'mean_sd', 'format_mean_sd', 'comparison_table',
+           'markdown_table', 'write_table', 'show_table', 'save_figure', 'claim_verdict', 'format_interval',
+           'claims_table', 'claims_markdown', 'show_claims', 'claims_reading', 'learning_check', 'require_learning',
+           'require_no_collapse', 'write_summary', 'book_overview', 'committed_claims', 'claims_ledger']
 
 # %% ../nbs/05_report.ipynb #dcc850b6
 @dataclass
@@ -136,6 +137,7 @@ def comparison_table(paper: PaperRegistry, results: list[dict], digits: int = 3)
 DISPLAY_COLUMNS = {'row': 'row', 'metric': 'metric', 'paper': 'paper', 'ours': 'ours (mean ± sd)', 'delta': 'Δ', 'note': 'note'}
 CLAIM_COLUMNS = ['claim', 'metric', 'profile', 'seeds', 'Δ', '95 % interval', 'verdict']   # a claims table (see below)
 CLAIM_DATA_COLUMNS = ['better', 'worse', 'n', 'mean_delta', 'ci_low', 'ci_high']   # in its CSV, not in its Markdown
+LEARNING_DATA_COLUMNS = ['row', 'n', 'mean_delta', 'ci_low', 'ci_high']   # in a learning check's CSV, not its Markdown
 
 def markdown_table(df: pd.DataFrame, columns: dict | None = None) -> str:
     "A GitHub-flavoured Markdown table of `df` (only `columns`, renamed as given)."
@@ -154,6 +156,8 @@ def write_table(df: pd.DataFrame, chapter: str, profile: str, name: str, title: 
     columns = DISPLAY_COLUMNS if set(DISPLAY_COLUMNS) <= set(df.columns) else None  # other tables: every column
     if columns is None and set(CLAIM_COLUMNS) <= set(df.columns):                  # claims: not the raw numbers
         columns = {c: c for c in df.columns if c not in CLAIM_DATA_COLUMNS}
+    if columns is None and {'pretraining', 'verdict', *LEARNING_DATA_COLUMNS} <= set(df.columns):   # learning checks
+        columns = {c: c for c in df.columns if c not in LEARNING_DATA_COLUMNS}
     md = atomic_write_text(out/f'{name}.md', header + markdown_table(df, columns))
     return {'csv': csv, 'md': md}
 
@@ -231,7 +235,10 @@ def claims_table(claims: list[dict], digits: int = 3) -> pd.DataFrame:
                       '95 % interval': format_interval(c['ci_low'], c['ci_high'], digits), 'verdict': c['verdict'],
                       **extra, **{k: c[k] for k in CLAIM_DATA_COLUMNS}})
     columns = CLAIM_COLUMNS + [k for k in dict.fromkeys(k for l in lines for k in l) if k not in CLAIM_COLUMNS + CLAIM_DATA_COLUMNS]
-    return pd.DataFrame(lines, columns=columns + CLAIM_DATA_COLUMNS)
+    df = pd.DataFrame(lines, columns=columns + CLAIM_DATA_COLUMNS)
+    extra = columns[len(CLAIM_COLUMNS):]                  # a column some claims lack (e.g. 'judged on') reads empty there
+    df[extra] = df[extra].astype(object).where(df[extra].notna(), '')
+    return df
 
 def claims_markdown(df: pd.DataFrame) -> str:
     "The reading columns of a claims table (every column but the raw numbers) as Markdown."
@@ -264,6 +271,61 @@ def claims_reading(df: pd.DataFrame) -> str:
     for reason in dict.fromkeys(why):
         lines.append(f"Not judged ({reason}): " + '; '.join(f"*{r.claim}* ({r.metric})" for _, r in left[why == reason].iterrows()) + '.')
     return '\n\n'.join(lines)
+
+# %% ../nbs/05_report.ipynb #f45c7662
+LEARNING_VERDICTS = ('learns', 'does not beat random init', 'not run')
+
+def learning_check(results: list[dict],   # per-seed results of one profile (`load_results`)
+                   pretrained: dict,      # {name shown: row} of each pretrained encoder's frozen-probe row
+                   random_init: str,      # the same encoder at random init, same probe
+                   pixels: str,           # raw pixels, same probe
+                   metric: str = 'auc', confidence: float = 0.95) -> pd.DataFrame:
+    "One line per pretraining: probe score, Δ vs random init and vs raw pixels (paired intervals), and whether it learns."
+    profile = next(iter({r['profile'] for r in results}), '')
+    lines = []
+    for name, row in pretrained.items():
+        vr, vp = (claim_verdict(results, row, other, metric, confidence=confidence) for other in (random_init, pixels))
+        scores = [v[metric] for r in results for k, v in r['rows'].items() if k == row and metric in v]
+        word = ('not run' if vr['n'] == 0 else 'learns' if vr['verdict'] == 'reproduced' else 'does not beat random init')
+        lines.append({'pretraining': name, 'metric': metric, 'profile': profile, 'seeds': vr['n'],
+                      'probe (mean ± sd)': format_mean_sd(*mean_sd(scores)),
+                      'Δ vs random init': '' if math.isnan(vr['mean_delta']) else f"{vr['mean_delta']:+.3f}",
+                      '95 % interval (random init)': format_interval(vr['ci_low'], vr['ci_high']),
+                      'Δ vs raw pixels': '' if math.isnan(vp['mean_delta']) else f"{vp['mean_delta']:+.3f}",
+                      '95 % interval (raw pixels)': format_interval(vp['ci_low'], vp['ci_high']),
+                      'verdict': word, 'beats raw pixels': {'reproduced': 'yes', 'contradicted': 'no'}.get(vp['verdict'], 'not shown'),
+                      'row': row, 'n': vr['n'], 'mean_delta': vr['mean_delta'], 'ci_low': vr['ci_low'], 'ci_high': vr['ci_high']})
+    return pd.DataFrame(lines, columns=['pretraining', 'metric', 'profile', 'seeds', 'probe (mean ± sd)', 'Δ vs random init',
+                                        '95 % interval (random init)', 'Δ vs raw pixels', '95 % interval (raw pixels)',
+                                        'verdict', 'beats raw pixels', 'row', 'n', 'mean_delta', 'ci_low', 'ci_high'])
+
+# %% ../nbs/05_report.ipynb #efca8b45
+SCALE_VERDICT = 'not testable at this scale'
+ALL_VERDICTS = VERDICTS + ('not testable here', SCALE_VERDICT)   # 'here': the data lacks what the claim needs
+
+def _untestable(claim: dict, why: str) -> dict:
+    if claim.get('verdict') in ('not run', 'not testable here'): return claim
+    return {**claim, 'verdict': SCALE_VERDICT, 'judged on': '; '.join(x for x in (claim.get('judged on', ''), why) if x)}
+
+def require_learning(claim: dict,              # a `claim_verdict` output (with its 'claim' sentence)
+                     checks: pd.DataFrame,     # `learning_check` of the chapter
+                     rests_on: list,           # names (`pretraining` column) of the pretrainings the claim rests on
+                    ) -> dict:
+    "The claim as it is if every pretraining it rests on learns; otherwise verdict 'not testable at this scale', the checks' Δ beside it."
+    known = checks.set_index('pretraining')
+    failed = []
+    for name in rests_on:
+        if name not in known.index: failed.append(f"{name}: no learning check"); continue
+        c = known.loc[name]
+        if c.verdict != 'learns':
+            failed.append(f"{name} does not beat random init (Δ {c.metric} {c['Δ vs random init'] or 'n/a'} {c['95 % interval (random init)']})".rstrip())
+    return _untestable(claim, '; '.join(failed)) if failed else claim
+
+def require_no_collapse(claim: dict, results: list[dict], rows: list) -> dict:
+    "The claim as it is unless a row it rests on is flagged `collapsed` (03_evaluate.collapse_check) in some seed."
+    hits = [f"{row} collapsed in seed {r['seed']} (one class for {v.get('top_share', math.nan):.0%} of the images)"
+            for r in results for row, v in r['rows'].items() if row in rows and v.get('collapsed', 0) >= 0.5]
+    return _untestable(claim, '; '.join(hits)) if hits else claim
 
 # %% ../nbs/05_report.ipynb #53f50b72
 def write_summary(paper: PaperRegistry, results: list[dict], title: str, data: str, status: str = '') -> Path | None:
