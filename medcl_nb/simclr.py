@@ -4,7 +4,7 @@
 
 # %% ../nbs/08b_simclr.ipynb #08afcd31
 from __future__ import annotations
-import copy, math, time
+import copy, itertools, math, time
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +14,7 @@ from torch import nn
 
 from .core import seeded_rng
 from .augment import BatchAugment, AugmentConfig, simclr_config, to_float_images
-from .evaluate import classification_metrics
+from .evaluate import PROBE_CS, as_label_vector, classification_metrics, collapse_check, frozen_probe, task_kind
 from .losses import nt_xent_loss
 from .models import small_stem_resnet
 from .optim import lars, warmup_cosine_scheduler
@@ -24,7 +24,7 @@ from .train import (fit, batch_indices, epoch_generator, autocast_context, add_e
 # %% auto #0
 __all__ = ['to_network_input', 'SimCLRNet', 'pretraining_augment', 'fine_tuning_augment', 'bags_from_ids', 'BagSampler',
            'pair_statistics', 'contrastive_batches', 'simclr_optimizer', 'pretrain_simclr', 'predict_proba',
-           'fine_tune']
+           'fine_tune', 'encoder_features', 'probe_encoder']
 
 # %% ../nbs/08b_simclr.ipynb #46d35e5c
 def to_network_input(x: torch.Tensor) -> torch.Tensor:
@@ -129,20 +129,24 @@ def contrastive_batches(n: int,                  # images to batch
     return batches
 
 # %% ../nbs/08b_simclr.ipynb #eb37f110
-def simclr_optimizer(model: nn.Module, batch_size: int, epochs: int, steps_per_epoch: int):
-    "SimCLR's recipe: LARS at lr = 0.3 · batch / 256, linear warm-up over 10 % of the epochs, cosine decay to 0 (per step)."
+def simclr_optimizer(model: nn.Module, batch_size: int, epochs: float, steps_per_epoch: int, trust_coeff: float = 0.001):
+    "SimCLR's recipe: LARS (trust coefficient η) at lr = 0.3 · batch / 256, linear warm-up over 10 % of the epochs, cosine decay to 0 (per step)."
     lr = 0.3 * batch_size / 256
-    optimizer = lars(model, lr=lr)
+    optimizer = lars(model, lr=lr, trust_coeff=trust_coeff)
     scheduler = warmup_cosine_scheduler(optimizer, max(1, steps_per_epoch), warmup_epochs=max(epochs / 10, 1e-9),
                                         total_epochs=epochs, start_lr=0.0, peak_lr=lr, final_lr=0.0)
     return optimizer, scheduler
 
-def pretrain_simclr(net: SimCLRNet, images, augment: BatchAugment, epochs: int, batch_size: int = 256,
+def pretrain_simclr(net: SimCLRNet, images, augment: BatchAugment, epochs: int | None = None, batch_size: int = 256,
                     temperature: float = 0.5, seed: int = 0, device='cpu', bags: BagSampler | None = None,
                     positives: str = 'micle',   # with `bags`: 'micle' (two images of a bag) or 'same' (SimCLR, one image twice)
-                    checkpoint_path=None, desc: str = 'SimCLR') -> list[dict]:
-    "SimCLR (or MICLe, given `bags`) pretraining of `net` in place; `images` is a uint8 tensor or `epoch -> tensor`."
+                    checkpoint_path=None, desc: str = 'SimCLR',
+                    steps: int | None = None,   # instead of `epochs`: the budget in optimiser steps (the last epoch cut short)
+                    trust_coeff: float = 0.001, # LARS's η (`simclr_optimizer`)
+                    on_epoch_end=None) -> list[dict]:
+    "SimCLR (or MICLe, given `bags`) pretraining of `net` in place for `epochs` or `steps`; `images` is a uint8 tensor or `epoch -> tensor`."
     if positives not in ('micle', 'same'): raise ValueError(f"positives must be 'micle' or 'same', not {positives!r}")
+    if (epochs is None) == (steps is None): raise ValueError("give either epochs or steps (the budget in optimiser steps)")
     source = images if callable(images) else (lambda epoch: images)
     n = len(source(0))
     if (bags.n_bags if bags is not None else n) < 2:
@@ -151,20 +155,21 @@ def pretrain_simclr(net: SimCLRNet, images, augment: BatchAugment, epochs: int, 
     if bags is not None and batch_size > bags.n_bags:
         raise ValueError(f"batch_size {batch_size} exceeds the {bags.n_bags} bags (a batch holds distinct bags): "
                          f"pass batch_size <= {bags.n_bags}, the same for every run you compare")
-    steps = max(1, n // batch_size)
+    per_epoch = max(1, n // batch_size)                      # batches of one pass (SimCLR drops a short last batch)
+    budget = steps if steps is not None else epochs * per_epoch
     def batches(epoch):
-        x = source(epoch)
+        x, left = source(epoch), budget - epoch * per_epoch     # a step budget cuts the last epoch short
         if bags is None:
-            for idx in contrastive_batches(n, batch_size, drop_last=n >= batch_size, generator=epoch_generator(seed, epoch, device), device=device):
+            for idx in contrastive_batches(n, batch_size, drop_last=n >= batch_size, generator=epoch_generator(seed, epoch, device), device=device)[:left]:
                 yield augment(x[idx]), augment(x[idx])
             return
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)   # the same draws for 'micle' and 'same'
-        for _ in range(steps):
+        for _ in range(min(per_epoch, left)):
             i1, i2 = bags.pairs(torch.randperm(bags.n_bags, generator=g)[:batch_size], g, same=positives == 'same')
             yield augment(x[i1.to(x.device)]), augment(x[i2.to(x.device)])
-    optimizer, scheduler = simclr_optimizer(net, batch_size, epochs, steps)
-    return fit(net, lambda m, b: nt_xent_loss(m(b[0]), m(b[1]), temperature), batches, epochs, optimizer, scheduler,
-               scheduler_interval='step', device=device, checkpoint_path=checkpoint_path, desc=desc)
+    optimizer, scheduler = simclr_optimizer(net, batch_size, budget / per_epoch, per_epoch, trust_coeff)
+    return fit(net, lambda m, b: nt_xent_loss(m(b[0]), m(b[1]), temperature), batches, math.ceil(budget / per_epoch), optimizer,
+               scheduler, scheduler_interval='step', device=device, checkpoint_path=checkpoint_path, desc=desc, on_epoch_end=on_epoch_end)
 
 # %% ../nbs/08b_simclr.ipynb #b5479bd6
 @torch.no_grad()
@@ -173,34 +178,87 @@ def predict_proba(encoder, head, images, batch_size: int = 512) -> torch.Tensor:
     return torch.cat([torch.softmax(head(encoder(to_network_input(images[i:i + batch_size]))).float(), 1)
                       for i in range(0, len(images), batch_size)]).cpu()
 
-def fine_tune(encoder: nn.Module, splits: dict, n_classes: int, task: str, epochs: int, augment: BatchAugment,
-              lr: float = 3e-4, batch_size: int = 128, seed: int = 0, device='cpu', select: str = 'auc',
-              metrics=('accuracy', 'auc'), return_model: bool = False) -> dict:
-    "Fine-tune `encoder` + a new head on splits['train'] = (images, labels); the epoch with the best val `select`; metrics."
+def _check_classes(y, n_classes: int, task: str, split: str):
+    "Refuse a split that lacks a class: every AUC on it would be undefined and the first evaluation kept in silence."
+    if task_kind(task) == 'multi-label': return
+    counts = np.bincount(as_label_vector(y.cpu() if torch.is_tensor(y) else y), minlength=max(n_classes, 2))
+    missing = [c for c, k in enumerate(counts) if k == 0]
+    if missing:
+        raise ValueError(f"the {split} split has no image of class {', '.join(map(str, missing))} ({len(y)} images): its AUC is "
+                         f"undefined, so no checkpoint could be chosen on it; draw a larger or class-stratified {split} subset")
+
+def _endless_batches(n: int, batch_size: int, seed: int, device):
+    "Epoch after epoch of `batch_indices`, each epoch shuffled by `epoch_generator(seed, epoch)`."
+    epoch = 0
+    while True:
+        yield from batch_indices(n, batch_size, generator=epoch_generator(seed, epoch, device), device=device)
+        epoch += 1
+
+def fine_tune(encoder: nn.Module, splits: dict, n_classes: int, task: str, epochs: int | None = None,
+              augment: BatchAugment | None = None, lr: float = 3e-4, batch_size: int = 128, seed: int = 0, device='cpu',
+              select: str = 'auc', metrics=('accuracy', 'auc'), return_model: bool = False,
+              max_steps: int | None = None,   # instead of `epochs`: a cap on optimiser steps, with early stopping
+              eval_every: int | None = None,  # steps between validations (default: one epoch of the training split)
+              patience: int | None = None,    # stop after this many validations without a new best (None: run to the cap)
+             ) -> dict:
+    """Fine-tune `encoder` + a new head on splits['train'] = (images, labels), keeping the checkpoint with the best val
+    `select`: `epochs` fixed epochs, or up to `max_steps` steps until `patience` validations bring no new best.
+    Returns val/test metrics, the kept step and evaluation, why it stopped, and `still_improving` (the kept
+    checkpoint is the last one and the cap, not a plateau, ended the run). Raises when a split lacks a class."""
+    if (epochs is None) == (max_steps is None): raise ValueError("give either epochs (a fixed length) or max_steps (a cap)")
+    if augment is None: raise ValueError("give the fine-tuning augmentation, e.g. fine_tuning_augment()")
+    x, y = splits['train']
+    if select == 'auc':
+        _check_classes(splits['val'][1], n_classes, task, 'val')
     encoder = copy.deepcopy(encoder).to(device)
     with seeded_rng(seed): head = nn.Linear(encoder.dim, n_classes).to(device)
     model = nn.ModuleDict({'encoder': encoder, 'head': head})
-    x, y = splits['train']
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    best, best_state, best_epoch = -math.inf, None, 0      # -inf: the first epoch is kept even if its score is undefined
-    for epoch in range(plan_epochs(epochs)):                # a plan (04_train) times a few steps and stops
+    per_epoch = math.ceil(len(x) / batch_size)
+    every = per_epoch if epochs is not None else max(1, eval_every or per_epoch)
+    cap = epochs * per_epoch if epochs is not None else int(max_steps)
+    rounds, stream = math.ceil(cap / every), _endless_batches(len(x), batch_size, seed, device)
+    best, best_state, best_round, best_step, step, since, history = -math.inf, None, 0, 0, 0, 0, []
+    stopped = 'cap'
+    for r in range(plan_epochs(rounds)):                  # a plan (04_train) times a few steps and stops
         model.train()
-        batches = batch_indices(len(x), batch_size, generator=epoch_generator(seed, epoch, device), device=device)
-        for idx in plan_batches(batches, epochs, desc='fine-tune'):
+        for idx in plan_batches(itertools.islice(stream, min(every, cap - step)), rounds, desc='fine-tune'):
             with autocast_context(device):
                 loss = F.cross_entropy(head(encoder(to_network_input(augment(x[idx])))).float(), y[idx])
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        xv, yv = splits['val']
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); step += 1
         t_val = time.perf_counter()
-        score = classification_metrics(yv.cpu(), y_score=predict_proba(encoder, head, xv), task=task)[select]
-        if plan_active(): add_epoch_end_cost(time.perf_counter() - t_val)   # validation runs every epoch
-        if not math.isfinite(score): score = -1.0
-        if score > best: best, best_epoch, best_state = score, epoch + 1, copy.deepcopy(model.state_dict())
+        score = classification_metrics(splits['val'][1].cpu(), y_score=predict_proba(encoder, head, splits['val'][0]), task=task)[select]
+        if plan_active(): add_epoch_end_cost(time.perf_counter() - t_val)   # validation runs every round
+        score = score if math.isfinite(score) else -1.0
+        history.append((step, score))
+        if score > best: best, best_round, best_step, since, best_state = score, r + 1, step, 0, copy.deepcopy(model.state_dict())
+        else: since += 1
+        if patience is not None and since >= patience: stopped = 'plateau'; break
     model.load_state_dict(best_state)
-    out = {'best_epoch': best_epoch}
+    out = {'best_epoch': best_round, 'best_step': best_step, 'steps': step, 'evaluations': len(history), 'stopped': stopped,
+           'still_improving': stopped == 'cap' and best_round == len(history), 'val_history': history}
     for split in ('val', 'test'):
         xs, ys = splits[split]
-        m = classification_metrics(ys.cpu(), y_score=predict_proba(encoder, head, xs), task=task)
+        probs = predict_proba(encoder, head, xs)
+        m = classification_metrics(ys.cpu(), y_score=probs, task=task)
         out[split] = {k: m[k] for k in metrics if math.isfinite(m[k])}   # AUC is undefined without every class
+        if task_kind(task) != 'multi-label': out[f'{split}_collapse'] = collapse_check(ys.cpu(), probs, task)
     if return_model: out['model'] = model
     return out
+
+# %% ../nbs/08b_simclr.ipynb #05ddaf6e
+@torch.no_grad()
+def encoder_features(encoder: nn.Module,        # an encoder f (e.g. `SimCLRNet.encoder`), features (N, D)
+                     images: torch.Tensor,      # uint8 or [0, 1] images (N, C, H, W) on the encoder's device
+                     batch_size: int = 512) -> torch.Tensor:   # (N, D) float32 on the CPU
+    "h = f(x) of every image, in eval mode and without gradients; the encoder's train/eval mode is restored."
+    was_training = encoder.training
+    encoder.eval()
+    try: return torch.cat([encoder(to_network_input(images[i:i + batch_size])).float().cpu() for i in range(0, len(images), batch_size)])
+    finally: encoder.train(was_training)
+
+def probe_encoder(encoder: nn.Module, labelled: tuple, evals: dict, task: str, seed: int = 0, **probe_kwargs) -> dict:
+    "`frozen_probe` on the encoder's features: `labelled` = (images, labels), `evals` = {split: (images, labels)}."
+    x, y = labelled
+    return frozen_probe(encoder_features(encoder, x), y.cpu(), {s: (encoder_features(encoder, e), ey.cpu()) for s, (e, ey) in evals.items()},
+                        task, seed=seed, **probe_kwargs)
