@@ -22,10 +22,11 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, precision_recall_
 from .core import get_device, seeded_rng
 
 # %% auto #0
-__all__ = ['TASKS', 'METRIC_AVERAGES', 'task_kind', 'to_numpy', 'as_label_vector', 'roc_auc', 'classification_metrics',
-           'knn_predict', 'standardize_features', 'ProbeResult', 'linear_probe', 'majority_class_scores',
-           'probe_baselines', 'ElbowResult', 'elbow_k', 'kmeans_elbow', 'cluster_label_mapping', 'map_clusters',
-           'plot_elbow', 'subsample_index', 'tsne_embed', 'tsne_panels', 'tsne_plot']
+__all__ = ['TASKS', 'METRIC_AVERAGES', 'task_kind', 'to_numpy', 'as_label_vector', 'roc_auc', 'present_labels',
+           'classification_metrics', 'knn_predict', 'standardize_features', 'ProbeResult', 'linear_probe',
+           'majority_class_scores', 'probe_baselines', 'ElbowResult', 'elbow_k', 'kmeans_elbow',
+           'cluster_label_mapping', 'map_clusters', 'plot_elbow', 'subsample_index', 'tsne_embed', 'tsne_panels',
+           'tsne_plot']
 
 # %% ../nbs/03_evaluate.ipynb #a48c5793
 TASKS = ('binary', 'multi-class', 'multi-label')
@@ -110,8 +111,16 @@ def _predictions_from_scores(y_score, task: str) -> np.ndarray:
     if task == 'multi-label' or (task == 'binary' and s.shape[1] == 1): return (s > 0.5).astype(np.int64)
     return s.argmax(1)
 
+def present_labels(y_true, y_pred) -> np.ndarray:
+    "The labels a macro average runs over: the classes in `y_true` or `y_pred` ((N,) each), or for multi-label (N, L) 0/1 the columns with a 1 in either."
+    yt, yp = to_numpy(y_true), to_numpy(y_pred)
+    if yt.ndim == 2 and yt.shape[1] > 1: return np.flatnonzero((yt != 0).any(0) | (yp != 0).any(0))
+    return np.union1d(as_label_vector(yt), as_label_vector(yp))
+
 def classification_metrics(y_true, y_pred=None, y_score=None, task: str = 'multi-class', strict_auc: bool = False) -> dict:
-    "Accuracy, macro/weighted precision, recall, F1, quadratic-weighted kappa and (given `y_score`) ROC-AUC."
+    """Accuracy, macro/weighted precision, recall, F1, quadratic-weighted kappa and (given `y_score`) ROC-AUC.
+    Macro averages run over `present_labels` (scikit-learn's convention: a class absent from both y_true and y_pred,
+    or a score column nobody has, does not count; NaN if no label is present); kappa_qw keeps every class 0..C-1."""
     task = task_kind(task)
     if y_pred is None and y_score is None: raise ValueError("Give y_pred, y_score or both.")
     if y_pred is None: y_pred = _predictions_from_scores(y_score, task)
@@ -130,9 +139,10 @@ def classification_metrics(y_true, y_pred=None, y_score=None, task: str = 'multi
     if task != 'multi-label':
         n_classes = max(int(yt.max()), int(yp.max()), 1) + 1
         if y_score is not None and task == 'multi-class': n_classes = max(n_classes, _score_matrix(y_score).shape[1])
-    labels = None if task == 'multi-label' else np.arange(n_classes)
+    labels = present_labels(yt, yp)
     for avg in METRIC_AVERAGES:
-        p, r, f, _ = precision_recall_fscore_support(yt, yp, labels=labels, average=avg, zero_division=0)
+        p, r, f, _ = (precision_recall_fscore_support(yt, yp, labels=labels, average=avg, zero_division=0) if len(labels)
+                      else (math.nan,) * 4)
         out.update({f'precision_{avg}': float(p), f'recall_{avg}': float(r), f'f1_{avg}': float(f)})
     if task != 'multi-label':
         with warnings.catch_warnings():

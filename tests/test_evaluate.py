@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import make_blobs
+from sklearn.metrics import precision_recall_fscore_support
 from sklearn.preprocessing import StandardScaler
 
 from medcl_nb.evaluate import (classification_metrics, linear_probe, majority_class_scores, probe_baselines,
@@ -72,3 +73,15 @@ def test_probe_baselines_on_images_for_every_task(task):
         m = probe['test']
         assert {'accuracy', 'f1_macro', 'auc'} <= set(m) and m['accuracy'] > 0.8
         if task != 'multi-label': assert 'kappa_qw' in m
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_macro_averages_match_sklearn_over_the_classes_present(seed):
+    "A class in neither y_true nor y_pred (here: 3 and 4 of five score columns) does not count, as in scikit-learn."
+    rng = np.random.default_rng(seed)
+    y, p = rng.integers(0, 3, 12), rng.integers(0, 3, 12)
+    with pytest.warns(UserWarning):                                         # AUC undefined: classes 3, 4 unseen
+        m = classification_metrics(y, p, y_score=np.full((12, 5), 0.2))
+    pr, rc, f1, _ = precision_recall_fscore_support(y, p, average='macro', zero_division=0)
+    assert (m['precision_macro'], m['recall_macro'], m['f1_macro']) == pytest.approx((pr, rc, f1))
+    assert classification_metrics([0, 0], [0, 0])['f1_macro'] == 1.0     # was 0.5: class 1 counted as F1 = 0
