@@ -19,8 +19,8 @@ from .core import (PROFILES, atomic_write_bytes, atomic_write_json, atomic_write
 __all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'VERDICTS', 'LEDGER_PROFILES', 'PaperRegistry',
            'results_dir', 'save_seed_result', 'finished_seeds', 'seeds_to_run', 'load_results', 'mean_sd',
            'format_mean_sd', 'comparison_table', 'markdown_table', 'write_table', 'show_table', 'save_figure',
-           'claim_verdict', 'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading',
-           'write_summary', 'book_overview', 'committed_claims', 'claims_ledger']
+           't_interval', 'claim_verdict', 'format_interval', 'claims_table', 'claims_markdown', 'show_claims',
+           'claims_reading', 'write_summary', 'book_overview', 'committed_claims', 'claims_ledger']
 
 # %% ../nbs/05_report.ipynb #dcc850b6
 @dataclass
@@ -169,6 +169,20 @@ def save_figure(fig, chapter: str, profile: str, name: str, dpi: int = 150) -> P
     fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
     return atomic_write_bytes(output_dir(chapter, profile)/f'{name}.png', buf.getvalue())
 
+# %% ../nbs/05_report.ipynb #93486032
+def t_interval(values,                    # per-seed numbers, e.g. paired differences or one row's scores
+               confidence: float = 0.95,  # coverage of the interval
+              ) -> tuple[float, float, float]:  # (mean, low, high)
+    "Student's t-interval of the mean: [m, m] at zero spread, NaN bounds for fewer than 2 values (NaN mean for none)."
+    if not 0 < confidence < 1: raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    v = np.asarray(values, dtype=float).ravel()
+    if len(v) == 0: return math.nan, math.nan, math.nan
+    flat = bool((v == v[0]).all())                        # zero spread: the value itself, exactly
+    m = float(v[0]) if flat else float(v.mean())
+    if len(v) < 2: return m, math.nan, math.nan
+    half = 0.0 if flat else float(stats.t.ppf((1 + confidence) / 2, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return m, m - half, m + half
+
 # %% ../nbs/05_report.ipynb #356a1e45
 VERDICTS = ('reproduced', 'contradicted', 'inconclusive', 'not run')
 
@@ -190,7 +204,7 @@ def claim_verdict(results: list[dict],       # per-seed results of one profile, 
                   higher_is_better: bool = True,
                   confidence: float = 0.95,  # of the t-interval
                  ) -> dict:
-    "Paired verdict on 'better beats worse': mean per-seed Δ, its t-interval over seeds, and reproduced / contradicted / inconclusive / not run."
+    "Paired verdict on 'better beats worse': mean per-seed Δ, its t-interval over seeds (`t_interval`: [Δ, Δ] when every seed agrees), and reproduced / contradicted / inconclusive / not run."
     if isinstance(results, pd.DataFrame):
         raise TypeError("claim_verdict pairs seeds, so it takes the per-seed results (load_results), not a comparison table")
     profiles = {r['profile'] for r in results}
@@ -200,11 +214,7 @@ def claim_verdict(results: list[dict],       # per-seed results of one profile, 
     sign = 1.0 if higher_is_better else -1.0
     deltas = np.array([sign * (b[s] - w[s]) for s in seeds])
     n = len(deltas)
-    mean = float(deltas.mean()) if n else math.nan
-    lo = hi = math.nan
-    if n >= 2:
-        half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * float(deltas.std(ddof=1)) / math.sqrt(n)
-        lo, hi = mean - half, mean + half
+    mean, lo, hi = t_interval(deltas, confidence)
     verdict = ('not run' if n == 0 else 'inconclusive' if n < 2 else
                'reproduced' if lo > 0 else 'contradicted' if hi < 0 else 'inconclusive')
     text = (f"not run: no seed has both rows" if n == 0 else
