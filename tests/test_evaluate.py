@@ -85,3 +85,19 @@ def test_macro_averages_match_sklearn_over_the_classes_present(seed):
     pr, rc, f1, _ = precision_recall_fscore_support(y, p, average='macro', zero_division=0)
     assert (m['precision_macro'], m['recall_macro'], m['f1_macro']) == pytest.approx((pr, rc, f1))
     assert classification_metrics([0, 0], [0, 0])['f1_macro'] == 1.0     # was 0.5: class 1 counted as F1 = 0
+
+
+@pytest.mark.parametrize('n_classes', [3, 5, 10])
+def test_roc_auc_accepts_bf16_softmax_rows_and_still_names_logits(n_classes):
+    "bf16 softmax rows sum to 1 only within ~3e-3; they are probabilities, not logits (they were refused as logits)."
+    from sklearn.metrics import roc_auc_score
+    from medcl_nb.evaluate import roc_auc
+    g = torch.Generator().manual_seed(n_classes)
+    logits, y = 3 * torch.randn(300, n_classes, generator=g), torch.randint(0, n_classes, (300,), generator=g)
+    p = torch.softmax(logits.bfloat16(), 1)
+    assert (p.float().sum(1) - 1).abs().max() > 1e-3
+    renorm = (p.float() / p.float().sum(1, keepdim=True)).numpy()
+    assert roc_auc(y, p) == pytest.approx(roc_auc_score(y.numpy(), renorm, multi_class='ovr'))
+    assert classification_metrics(y, y_score=p)['auc'] == pytest.approx(roc_auc(y, p))
+    with pytest.raises(ValueError, match='logits'): roc_auc(y, logits)
+    with pytest.raises(ValueError, match='sums to'): roc_auc(y, p.float() * 1.05)
