@@ -20,7 +20,7 @@ __all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'VERDICTS',
            'results_dir', 'save_seed_result', 'finished_seeds', 'seeds_to_run', 'load_results', 'mean_sd',
            'format_mean_sd', 'comparison_table', 'markdown_table', 'write_table', 'show_table', 'save_figure',
            't_interval', 'claim_verdict', 'format_interval', 'claims_table', 'claims_markdown', 'show_claims',
-           'claims_reading', 'write_summary', 'book_overview', 'committed_claims', 'claims_ledger']
+           'claims_reading', 'against_baselines', 'write_summary', 'book_overview', 'committed_claims', 'claims_ledger']
 
 # %% ../nbs/05_report.ipynb #dcc850b6
 @dataclass
@@ -253,15 +253,21 @@ def show_claims(df: pd.DataFrame, title: str = ''):
     display(Markdown((f"**{title}**\n\n" if title else '') + claims_markdown(df)))
 
 # %% ../nbs/05_report.ipynb #26d3e6cb
-def claims_reading(df: pd.DataFrame) -> str:
+def _verdict_words(r) -> str:
+    "'reproduced (Δ auc +0.019 [+0.007, +0.032])' for a claims-table line; the bare verdict when there is no Δ."
+    return f"{r.verdict} (Δ {r.metric} " + ' '.join(x for x in (r['Δ'], r['95 % interval']) if x) + ')' if r['Δ'] else r.verdict
+
+def claims_reading(df: pd.DataFrame,                     # a claims table (`claims_table`)
+                   baselines: pd.DataFrame | None = None,  # optional claims table of checks against trivial baselines
+                  ) -> str:
     """A generated paragraph on a claims table (`claims_table`), as Markdown: the decided claims by name with Δ and
     interval, the intervals' widths (claims judged on ≥ 2 seeds), how many decisions chance alone would give, and the
-    claims not judged (not run, not testable here, one seed)."""
+    claims not judged (not run, not testable here, one seed); given `baselines`, a last line with every check's verdict."""
     judged = df[(df.n >= 2) & df.verdict.isin(['reproduced', 'contradicted', 'inconclusive'])]
     decided = judged[judged.verdict.isin(['reproduced', 'contradicted'])]
     profile = ', '.join(sorted({p for p in df.profile if p})) or 'no'
     lines = [f"Of the {len(df)} claim{'s' * (len(df) != 1)}, {len(decided)} {'is' if len(decided) == 1 else 'are'} decided on the {profile} profile"
-             + (': ' + '; '.join(f"*{r.claim}* {r.verdict} (Δ {r.metric} {r['Δ']} {r['95 % interval']})" for _, r in decided.iterrows())
+             + (': ' + '; '.join(f"*{r.claim}* {_verdict_words(r)}" for _, r in decided.iterrows())
                 if len(decided) else '') + '.']
     if len(judged):
         w = judged.ci_high - judged.ci_low
@@ -273,7 +279,31 @@ def claims_reading(df: pd.DataFrame) -> str:
     why = left.verdict.where(left.verdict != 'inconclusive', 'one seed, no interval')
     for reason in dict.fromkeys(why):
         lines.append(f"Not judged ({reason}): " + '; '.join(f"*{r.claim}* ({r.metric})" for _, r in left[why == reason].iterrows()) + '.')
+    if baselines is not None and len(baselines):
+        lines.append('Against the baselines: ' + '; '.join(f"*{r.claim}* {_verdict_words(r)}" for _, r in baselines.iterrows()) + '.')
     return '\n\n'.join(lines)
+
+# %% ../nbs/05_report.ipynb #805f48c2
+def against_baselines(results: list[dict],  # per-seed results of one profile, as `load_results` returns them
+                      groups: dict,         # {key: (methods, baselines)}, each side a {name: row} of candidate rows
+                      metric: str,          # the metric both sides are chosen and judged on
+                      higher_is_better: bool = True,
+                      confidence: float = 0.95,
+                     ) -> list[dict]:       # a `claim_verdict` per group with both sides run, plus what was chosen
+    """Per group, the best method against the best baseline (each by mean `metric` over its seeds; ties: the first
+    named), paired over seeds by `claim_verdict`. Groups with no finite value on a side are left out; each verdict
+    gains 'group' (its key), 'method' and 'baseline' (the names chosen) and 'method_mean', 'baseline_mean'."""
+    pick = max if higher_is_better else min
+    def means(side: dict) -> dict:
+        return {name: float(np.mean(list(v.values()))) for name, row in side.items() if (v := _per_seed(results, row, metric))}
+    out = []
+    for key, (methods, baselines) in groups.items():
+        m, b = means(methods), means(baselines)
+        if not (m and b): continue
+        best, rival = pick(m, key=m.get), pick(b, key=b.get)
+        out.append({**claim_verdict(results, methods[best], baselines[rival], metric, higher_is_better, confidence),
+                    'group': key, 'method': best, 'baseline': rival, 'method_mean': m[best], 'baseline_mean': b[rival]})
+    return out
 
 # %% ../nbs/05_report.ipynb #53f50b72
 def write_summary(paper: PaperRegistry, results: list[dict], title: str, data: str, status: str = '') -> Path | None:
