@@ -303,8 +303,16 @@ def stratified_sample(split: ImageSplit, n: int | float | None, seed: int = 0) -
     return split.subset(stratified_indices(split.labels, n, seed).to(split.device))
 
 def holdout(split: ImageSplit, fraction: float, seed: int = 0) -> tuple[ImageSplit, ImageSplit]:
-    "Split `split` into (rest, held_out) with a stratified, seeded `fraction` held out."
-    held = stratified_indices(split.labels, fraction, seed).to(split.device)
+    """Split `split` into (rest, held_out) with a stratified, seeded `fraction` held out. A stratum the draw would
+    hold out whole (a class with one image) keeps its first image in `rest`, so held_out is smaller by one per such
+    stratum; ValueError if that leaves nothing to hold out."""
+    held = stratified_indices(split.labels, fraction, seed)
+    y, _ = _strata(split.labels)
+    whole = [c for c in torch.unique(y[held]) if (y[held] == c).sum() == (y == c).sum()]
+    if whole: held = held[~torch.isin(held, torch.stack([torch.nonzero(y == c)[0, 0] for c in whole]))]
+    if not len(held): raise ValueError(f"cannot hold out {fraction} of {len(split)} images: every class drawn has a single "
+                                       "image, which stays in training; hold out a larger fraction or use more images")
+    held = held.to(split.device)
     keep = torch.ones(len(split), dtype=torch.bool, device=split.device); keep[held] = False
     rest_idx = torch.nonzero(keep).flatten()
     return split.subset(rest_idx), split.subset(held, split=f'{split.split}-holdout')

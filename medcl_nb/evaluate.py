@@ -22,11 +22,11 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, precision_recall_
 from .core import get_device, seeded_rng
 
 # %% auto #0
-__all__ = ['TASKS', 'METRIC_AVERAGES', 'PROBE_CS', 'task_kind', 'to_numpy', 'as_label_vector', 'roc_auc',
-           'classification_metrics', 'knn_predict', 'standardize_features', 'ProbeResult', 'linear_probe',
-           'majority_class_scores', 'probe_baselines', 'frozen_probe', 'auc_se', 'collapse_check', 'ElbowResult',
-           'elbow_k', 'kmeans_elbow', 'cluster_label_mapping', 'map_clusters', 'plot_elbow', 'subsample_index',
-           'tsne_embed', 'tsne_panels', 'tsne_plot']
+__all__ = ['TASKS', 'PROBABILITY_ROW_ATOL', 'METRIC_AVERAGES', 'PROBE_CS', 'task_kind', 'to_numpy', 'as_label_vector', 'roc_auc',
+           'present_labels', 'classification_metrics', 'knn_predict', 'standardize_features', 'ProbeResult',
+           'linear_probe', 'majority_class_scores', 'probe_baselines', 'frozen_probe', 'auc_se', 'collapse_check',
+           'ElbowResult', 'elbow_k', 'kmeans_elbow', 'cluster_label_mapping', 'map_clusters', 'plot_elbow',
+           'subsample_index', 'tsne_embed', 'tsne_panels', 'tsne_plot']
 
 # %% ../nbs/03_evaluate.ipynb #a48c5793
 TASKS = ('binary', 'multi-class', 'multi-label')
@@ -70,6 +70,19 @@ def _binary_scores(y_score) -> np.ndarray:
     if s.shape[1] == 2: return s[:, 1]
     raise ValueError(f"Binary scores must be (N,), (N, 1) or (N, 2), got {s.shape}.")
 
+PROBABILITY_ROW_ATOL = 1e-2   # |row sum - 1| a probability row may have: bf16 softmax rows are off by up to ~3e-3
+
+def _probability_rows(s: np.ndarray) -> np.ndarray:
+    "(N, C) multi-class scores as probabilities: nonnegative rows summing to 1 within `PROBABILITY_ROW_ATOL`, renormalised."
+    if (s < 0).any():
+        raise ValueError(f"Multi-class y_score has negative entries (min {s.min():.3g}), so it holds logits, not probabilities: apply softmax to them.")
+    off = np.abs(s.sum(1) - 1)
+    if (off > PROBABILITY_ROW_ATOL).any():
+        i = int(off.argmax())
+        raise ValueError(f"Multi-class y_score must hold probabilities, but row {i} sums to {s[i].sum():.4g}, not 1 "
+                         f"(within {PROBABILITY_ROW_ATOL}): apply softmax to logits, or normalise the rows.")
+    return s if (off <= 1e-5).all() else s / s.sum(1, keepdims=True)   # float32 rows are left exactly as they are
+
 def _undefined(names, what: str, strict: bool) -> float:
     msg = (f"ROC-AUC is undefined: {what} {names} of y_true have only one class (no positive or no negative "
            "example), e.g. a small test set. Returning NaN.")
@@ -78,7 +91,9 @@ def _undefined(names, what: str, strict: bool) -> float:
     return float('nan')
 
 def roc_auc(y_true, y_score, task: str = 'multi-class', strict: bool = False) -> float:
-    "ROC-AUC: binary; one-vs-rest macro on softmax probabilities (multi-class); macro over labels (multi-label)."
+    """ROC-AUC: binary; one-vs-rest macro on softmax probabilities (multi-class); macro over labels (multi-label).
+    Multi-class rows may sum to 1 within `PROBABILITY_ROW_ATOL` (low-precision softmax; renormalised); ValueError for
+    negative entries (logits) or rows further from 1."""
     task = task_kind(task)
     if task == 'binary':
         yt, s = as_label_vector(y_true), _binary_scores(y_score)
@@ -90,8 +105,7 @@ def roc_auc(y_true, y_score, task: str = 'multi-class', strict: bool = False) ->
         yt = as_label_vector(y_true)
         if yt.max(initial=0) >= s.shape[1]:
             raise ValueError(f"y_true has label {yt.max()} but y_score has only {s.shape[1]} columns.")
-        if not np.allclose(s.sum(1), 1, atol=1e-3):
-            raise ValueError("Multi-class y_score must hold probabilities whose rows sum to 1 (apply softmax to logits).")
+        s = _probability_rows(s)
         Y = np.eye(s.shape[1], dtype=np.int64)[yt]
         what = 'classes'
     else:
@@ -111,8 +125,16 @@ def _predictions_from_scores(y_score, task: str) -> np.ndarray:
     if task == 'multi-label' or (task == 'binary' and s.shape[1] == 1): return (s > 0.5).astype(np.int64)
     return s.argmax(1)
 
+def present_labels(y_true, y_pred) -> np.ndarray:
+    "The labels a macro average runs over: the classes in `y_true` or `y_pred` ((N,) each), or for multi-label (N, L) 0/1 the columns with a 1 in either."
+    yt, yp = to_numpy(y_true), to_numpy(y_pred)
+    if yt.ndim == 2 and yt.shape[1] > 1: return np.flatnonzero((yt != 0).any(0) | (yp != 0).any(0))
+    return np.union1d(as_label_vector(yt), as_label_vector(yp))
+
 def classification_metrics(y_true, y_pred=None, y_score=None, task: str = 'multi-class', strict_auc: bool = False) -> dict:
-    "Accuracy, macro/weighted precision, recall, F1, quadratic-weighted kappa and (given `y_score`) ROC-AUC."
+    """Accuracy, macro/weighted precision, recall, F1, quadratic-weighted kappa and (given `y_score`) ROC-AUC.
+    Macro averages run over `present_labels` (scikit-learn's convention: a class absent from both y_true and y_pred,
+    or a score column nobody has, does not count; NaN if no label is present); kappa_qw keeps every class 0..C-1."""
     task = task_kind(task)
     if y_pred is None and y_score is None: raise ValueError("Give y_pred, y_score or both.")
     if y_pred is None: y_pred = _predictions_from_scores(y_score, task)
@@ -131,9 +153,10 @@ def classification_metrics(y_true, y_pred=None, y_score=None, task: str = 'multi
     if task != 'multi-label':
         n_classes = max(int(yt.max()), int(yp.max()), 1) + 1
         if y_score is not None and task == 'multi-class': n_classes = max(n_classes, _score_matrix(y_score).shape[1])
-    labels = None if task == 'multi-label' else np.arange(n_classes)
+    labels = present_labels(yt, yp)
     for avg in METRIC_AVERAGES:
-        p, r, f, _ = precision_recall_fscore_support(yt, yp, labels=labels, average=avg, zero_division=0)
+        p, r, f, _ = (precision_recall_fscore_support(yt, yp, labels=labels, average=avg, zero_division=0) if len(labels)
+                      else (math.nan,) * 4)
         out.update({f'precision_{avg}': float(p), f'recall_{avg}': float(r), f'f1_{avg}': float(f)})
     if task != 'multi-label':
         with warnings.catch_warnings():

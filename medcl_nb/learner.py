@@ -10,9 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import f1_score
 
 from .core import seeded_rng
+from .evaluate import as_label_vector, classification_metrics
 from .models import small_stem_resnet
 from .simulators import CHANGE_LABELS
 from .train import batch_indices, epoch_generator
@@ -183,12 +184,15 @@ def pretraining_loss(model: HealthScoreModel, clips: torch.Tensor, scores: torch
     return mse + cl_weight * cl, {'mse': mse.item(), 'cl': cl.item()}
 
 # %% ../nbs/14_learner.ipynb #79d4f239
-def change_metrics(y_true, y_pred) -> dict:
-    "Macro-F1 (the chapter's F1), accuracy, support-weighted F1 and each change label's F1 (`f1_improved`, ...)."
-    yt, yp, labels = np.asarray(y_true), np.asarray(y_pred), [0, 1, 2]
-    per_label = f1_score(yt, yp, labels=labels, average=None, zero_division=0)
-    return {'f1': float(per_label.mean()), 'accuracy': float(accuracy_score(yt, yp)),
-            'f1_weighted': float(f1_score(yt, yp, labels=labels, average='weighted', zero_division=0)),
+def change_metrics(y_true,   # (N,) change labels 0..2 (improved, same, deteriorated)
+                   y_pred,   # (N,) predicted change labels
+                  ) -> dict:
+    """Macro-F1 (the chapter's F1), accuracy and support-weighted F1 from `evaluate.classification_metrics` (the macro
+    average runs over the labels present in y_true or y_pred), and each change label's F1 (`f1_improved`, ...; 0 for a label in neither)."""
+    yt, yp = as_label_vector(y_true), as_label_vector(y_pred)
+    m = classification_metrics(yt, yp)
+    per_label = f1_score(yt, yp, labels=[0, 1, 2], average=None, zero_division=0)
+    return {'f1': m['f1_macro'], 'accuracy': m['accuracy'], 'f1_weighted': m['f1_weighted'],
             **{f'f1_{name}': float(v) for name, v in zip(CHANGE_LABELS, per_label)}}
 
 def train_change_classifier(features: dict, labels: dict, epochs: int = 100, batch_size: int = 8, lr: float = 1e-3,

@@ -19,9 +19,10 @@ from .core import (PROFILES, atomic_write_bytes, atomic_write_json, atomic_write
 __all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'LEARNING_DATA_COLUMNS', 'VERDICTS', 'LEARNING_VERDICTS',
            'SCALE_VERDICT', 'ALL_VERDICTS', 'LEDGER_PROFILES', 'PaperRegistry', 'results_dir', 'save_seed_result',
            'finished_seeds', 'seeds_to_run', 'load_results', 'mean_sd', 'format_mean_sd', 'comparison_table',
-           'markdown_table', 'write_table', 'show_table', 'save_figure', 'claim_verdict', 'format_interval',
-           'claims_table', 'claims_markdown', 'show_claims', 'claims_reading', 'learning_check', 'require_learning',
-           'require_no_collapse', 'write_summary', 'book_overview', 'committed_claims', 'claims_ledger']
+           'markdown_table', 'write_table', 'show_table', 'save_figure', 't_interval', 'claim_verdict',
+           'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading', 'against_baselines',
+           'learning_check', 'require_learning', 'require_no_collapse', 'write_summary', 'book_overview',
+           'committed_claims', 'claims_ledger']
 
 # %% ../nbs/05_report.ipynb #dcc850b6
 @dataclass
@@ -173,6 +174,20 @@ def save_figure(fig, chapter: str, profile: str, name: str, dpi: int = 150) -> P
     fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
     return atomic_write_bytes(output_dir(chapter, profile)/f'{name}.png', buf.getvalue())
 
+# %% ../nbs/05_report.ipynb #93486032
+def t_interval(values,                    # per-seed numbers, e.g. paired differences or one row's scores
+               confidence: float = 0.95,  # coverage of the interval
+              ) -> tuple[float, float, float]:  # (mean, low, high)
+    "Student's t-interval of the mean: [m, m] at zero spread, NaN bounds for fewer than 2 values (NaN mean for none)."
+    if not 0 < confidence < 1: raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    v = np.asarray(values, dtype=float).ravel()
+    if len(v) == 0: return math.nan, math.nan, math.nan
+    flat = bool((v == v[0]).all())                        # zero spread: the value itself, exactly
+    m = float(v[0]) if flat else float(v.mean())
+    if len(v) < 2: return m, math.nan, math.nan
+    half = 0.0 if flat else float(stats.t.ppf((1 + confidence) / 2, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return m, m - half, m + half
+
 # %% ../nbs/05_report.ipynb #356a1e45
 VERDICTS = ('reproduced', 'contradicted', 'inconclusive', 'not run')
 
@@ -194,7 +209,7 @@ def claim_verdict(results: list[dict],       # per-seed results of one profile, 
                   higher_is_better: bool = True,
                   confidence: float = 0.95,  # of the t-interval
                  ) -> dict:
-    "Paired verdict on 'better beats worse': mean per-seed Δ, its t-interval over seeds, and reproduced / contradicted / inconclusive / not run."
+    "Paired verdict on 'better beats worse': mean per-seed Δ, its t-interval over seeds (`t_interval`: [Δ, Δ] when every seed agrees), and reproduced / contradicted / inconclusive / not run."
     if isinstance(results, pd.DataFrame):
         raise TypeError("claim_verdict pairs seeds, so it takes the per-seed results (load_results), not a comparison table")
     profiles = {r['profile'] for r in results}
@@ -204,11 +219,7 @@ def claim_verdict(results: list[dict],       # per-seed results of one profile, 
     sign = 1.0 if higher_is_better else -1.0
     deltas = np.array([sign * (b[s] - w[s]) for s in seeds])
     n = len(deltas)
-    mean = float(deltas.mean()) if n else math.nan
-    lo = hi = math.nan
-    if n >= 2:
-        half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * float(deltas.std(ddof=1)) / math.sqrt(n)
-        lo, hi = mean - half, mean + half
+    mean, lo, hi = t_interval(deltas, confidence)
     verdict = ('not run' if n == 0 else 'inconclusive' if n < 2 else
                'reproduced' if lo > 0 else 'contradicted' if hi < 0 else 'inconclusive')
     text = (f"not run: no seed has both rows" if n == 0 else
@@ -250,15 +261,21 @@ def show_claims(df: pd.DataFrame, title: str = ''):
     display(Markdown((f"**{title}**\n\n" if title else '') + claims_markdown(df)))
 
 # %% ../nbs/05_report.ipynb #26d3e6cb
-def claims_reading(df: pd.DataFrame) -> str:
+def _verdict_words(r) -> str:
+    "'reproduced (Δ auc +0.019 [+0.007, +0.032])' for a claims-table line; the bare verdict when there is no Δ."
+    return f"{r.verdict} (Δ {r.metric} " + ' '.join(x for x in (r['Δ'], r['95 % interval']) if x) + ')' if r['Δ'] else r.verdict
+
+def claims_reading(df: pd.DataFrame,                     # a claims table (`claims_table`)
+                   baselines: pd.DataFrame | None = None,  # optional claims table of checks against trivial baselines
+                  ) -> str:
     """A generated paragraph on a claims table (`claims_table`), as Markdown: the decided claims by name with Δ and
     interval, the intervals' widths (claims judged on ≥ 2 seeds), how many decisions chance alone would give, and the
-    claims not judged (not run, not testable here, one seed)."""
+    claims not judged (not run, not testable here, one seed); given `baselines`, a last line with every check's verdict."""
     judged = df[(df.n >= 2) & df.verdict.isin(['reproduced', 'contradicted', 'inconclusive'])]
     decided = judged[judged.verdict.isin(['reproduced', 'contradicted'])]
     profile = ', '.join(sorted({p for p in df.profile if p})) or 'no'
     lines = [f"Of the {len(df)} claim{'s' * (len(df) != 1)}, {len(decided)} {'is' if len(decided) == 1 else 'are'} decided on the {profile} profile"
-             + (': ' + '; '.join(f"*{r.claim}* {r.verdict} (Δ {r.metric} {r['Δ']} {r['95 % interval']})" for _, r in decided.iterrows())
+             + (': ' + '; '.join(f"*{r.claim}* {_verdict_words(r)}" for _, r in decided.iterrows())
                 if len(decided) else '') + '.']
     if len(judged):
         w = judged.ci_high - judged.ci_low
@@ -270,7 +287,31 @@ def claims_reading(df: pd.DataFrame) -> str:
     why = left.verdict.where(left.verdict != 'inconclusive', 'one seed, no interval')
     for reason in dict.fromkeys(why):
         lines.append(f"Not judged ({reason}): " + '; '.join(f"*{r.claim}* ({r.metric})" for _, r in left[why == reason].iterrows()) + '.')
+    if baselines is not None and len(baselines):
+        lines.append('Against the baselines: ' + '; '.join(f"*{r.claim}* {_verdict_words(r)}" for _, r in baselines.iterrows()) + '.')
     return '\n\n'.join(lines)
+
+# %% ../nbs/05_report.ipynb #805f48c2
+def against_baselines(results: list[dict],  # per-seed results of one profile, as `load_results` returns them
+                      groups: dict,         # {key: (methods, baselines)}, each side a {name: row} of candidate rows
+                      metric: str,          # the metric both sides are chosen and judged on
+                      higher_is_better: bool = True,
+                      confidence: float = 0.95,
+                     ) -> list[dict]:       # a `claim_verdict` per group with both sides run, plus what was chosen
+    """Per group, the best method against the best baseline (each by mean `metric` over its seeds; ties: the first
+    named), paired over seeds by `claim_verdict`. Groups with no finite value on a side are left out; each verdict
+    gains 'group' (its key), 'method' and 'baseline' (the names chosen) and 'method_mean', 'baseline_mean'."""
+    pick = max if higher_is_better else min
+    def means(side: dict) -> dict:
+        return {name: float(np.mean(list(v.values()))) for name, row in side.items() if (v := _per_seed(results, row, metric))}
+    out = []
+    for key, (methods, baselines) in groups.items():
+        m, b = means(methods), means(baselines)
+        if not (m and b): continue
+        best, rival = pick(m, key=m.get), pick(b, key=b.get)
+        out.append({**claim_verdict(results, methods[best], baselines[rival], metric, higher_is_better, confidence),
+                    'group': key, 'method': best, 'baseline': rival, 'method_mean': m[best], 'baseline_mean': b[rival]})
+    return out
 
 # %% ../nbs/05_report.ipynb #f45c7662
 LEARNING_VERDICTS = ('learns', 'does not beat random init', 'not run')

@@ -141,3 +141,16 @@ def test_single_label_column_is_stratified_by_class():
     y = torch.tensor([0] * 80 + [1] * 20)[:, None]                # MedMNIST's raw (N, 1) labels
     idx = stratified_indices(y, 10, seed=0)
     assert int(y[idx].sum()) == 2
+
+
+@pytest.mark.parametrize('seed', range(8))
+def test_holdout_keeps_a_single_member_class_in_training(seed):
+    "Like HF datasets #5532: a class (or multi-label vector) with one member used to land wholly on the held-out side."
+    from medcl_nb.data import ImageSplit, holdout
+    images = torch.zeros(12, 1, 2, 2, dtype=torch.uint8)
+    for labels in (torch.tensor([0] * 6 + [1] * 5 + [2]), torch.tensor([[0, 0]] * 6 + [[1, 0]] * 5 + [[1, 1]])):
+        split = ImageSplit('toy', 'train', images, labels, 'multi-class')
+        rest, held = holdout(split, 0.25, seed=seed)
+        lonely = labels[-1]
+        assert int((rest.labels == lonely).reshape(len(rest), -1).all(1).sum()) == 1
+        assert len(rest) + len(held) == 12 and len(held) >= 2

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import make_blobs
+from sklearn.metrics import precision_recall_fscore_support
 from sklearn.preprocessing import StandardScaler
 
 from medcl_nb.evaluate import (classification_metrics, linear_probe, majority_class_scores, probe_baselines,
@@ -72,3 +73,31 @@ def test_probe_baselines_on_images_for_every_task(task):
         m = probe['test']
         assert {'accuracy', 'f1_macro', 'auc'} <= set(m) and m['accuracy'] > 0.8
         if task != 'multi-label': assert 'kappa_qw' in m
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_macro_averages_match_sklearn_over_the_classes_present(seed):
+    "A class in neither y_true nor y_pred (here: 3 and 4 of five score columns) does not count, as in scikit-learn."
+    rng = np.random.default_rng(seed)
+    y, p = rng.integers(0, 3, 12), rng.integers(0, 3, 12)
+    with pytest.warns(UserWarning):                                         # AUC undefined: classes 3, 4 unseen
+        m = classification_metrics(y, p, y_score=np.full((12, 5), 0.2))
+    pr, rc, f1, _ = precision_recall_fscore_support(y, p, average='macro', zero_division=0)
+    assert (m['precision_macro'], m['recall_macro'], m['f1_macro']) == pytest.approx((pr, rc, f1))
+    assert classification_metrics([0, 0], [0, 0])['f1_macro'] == 1.0     # was 0.5: class 1 counted as F1 = 0
+
+
+@pytest.mark.parametrize('n_classes', [3, 5, 10])
+def test_roc_auc_accepts_bf16_softmax_rows_and_still_names_logits(n_classes):
+    "bf16 softmax rows sum to 1 only within ~3e-3; they are probabilities, not logits (they were refused as logits)."
+    from sklearn.metrics import roc_auc_score
+    from medcl_nb.evaluate import roc_auc
+    g = torch.Generator().manual_seed(n_classes)
+    logits, y = 3 * torch.randn(300, n_classes, generator=g), torch.randint(0, n_classes, (300,), generator=g)
+    p = torch.softmax(logits.bfloat16(), 1)
+    assert (p.float().sum(1) - 1).abs().max() > 1e-3
+    renorm = (p.float() / p.float().sum(1, keepdim=True)).numpy()
+    assert roc_auc(y, p) == pytest.approx(roc_auc_score(y.numpy(), renorm, multi_class='ovr'))
+    assert classification_metrics(y, y_score=p)['auc'] == pytest.approx(roc_auc(y, p))
+    with pytest.raises(ValueError, match='logits'): roc_auc(y, logits)
+    with pytest.raises(ValueError, match='sums to'): roc_auc(y, p.float() * 1.05)

@@ -124,3 +124,12 @@ def test_pair_similarity_is_float32_inside_bf16_autocast(kind):
         inside, from_bf16 = pair_similarity(u, kind), pair_similarity(u.bfloat16(), kind)
     assert inside.dtype == torch.float32 and torch.equal(inside, pair_similarity(u, kind))
     assert from_bf16.dtype == torch.float32
+
+
+def test_change_metrics_macro_f1_counts_only_the_labels_present():
+    "As scikit-learn: a change label in neither the truth nor the prediction does not count (it was F1 = 0)."
+    from sklearn.metrics import f1_score
+    from medcl_nb.learner import change_metrics
+    for yt, yp in [([1, 1, 0], [1, 1, 0]), ([1, 1, 1, 2], [1, 1, 1, 1]), ([0, 1, 2, 1], [0, 1, 1, 1])]:
+        assert change_metrics(yt, yp)['f1'] == pytest.approx(f1_score(yt, yp, average='macro', zero_division=0))
+    assert change_metrics(torch.tensor([1, 1, 0]), torch.tensor([1, 1, 0]))['f1'] == 1.0

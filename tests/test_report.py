@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from medcl_nb.report import (CLAIM_COLUMNS, PaperRegistry, claim_verdict, claims_ledger, claims_table, comparison_table,
-                             load_results, save_seed_result, write_table)
+                             load_results, save_seed_result, t_interval, write_table)
 
 PAPER = PaperRegistry('example', 'Example et al., Table 1',
                       rows={'Ours (kNN), Test': {'accuracy': 0.84, 'precision': 0.85},
@@ -81,6 +81,23 @@ def test_paired_verdict_matches_the_hand_computed_interval(project):
 def test_verdict_words(project, better, worse, higher, verdict):
     _save_parts()
     assert claim_verdict(load_results('example', 'full'), better, worse, 'auc', higher_is_better=higher)['verdict'] == verdict
+
+
+@pytest.mark.parametrize('value', [0.1, 0.5, 0.8, -0.03])
+def test_zero_spread_gives_the_zero_width_interval(value):
+    "scipy's t.interval(..., scale=stats.sem(v)) is (nan, nan) for equal values (scale 0); the book's interval is [m, m]."
+    assert t_interval([value] * 3) == (value, value, value)
+    results = [{'profile': 'full', 'seed': s, 'part': None, 'rows': {'A': {'auc': 0.9}, 'B': {'auc': 0.9 - value}}} for s in range(3)]
+    v = claim_verdict(results, 'A', 'B', 'auc')
+    assert v['ci_low'] == pytest.approx(value) and v['ci_high'] == pytest.approx(value)
+    assert v['verdict'] == ('reproduced' if value > 0 else 'contradicted')
+
+
+def test_t_interval_is_scipys_where_the_spread_is_positive():
+    from scipy import stats
+    for values in ([0.015, 0.025, 0.018], [1.0, 3.0], [0.2, 0.4, 0.1, 0.9, 0.5]):
+        m = statistics.mean(values)
+        assert t_interval(values, 0.9) == pytest.approx((m, *stats.t.interval(0.9, len(values) - 1, loc=m, scale=stats.sem(values))))
 
 
 def test_the_unpaired_rule_would_have_called_the_paired_win_noise():
