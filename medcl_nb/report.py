@@ -22,7 +22,7 @@ __all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'LEARNING_D
            'markdown_table', 'write_table', 'show_table', 'save_figure', 't_interval', 'claim_verdict',
            'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading', 'against_baselines',
            'learning_check', 'require_learning', 'require_no_collapse', 'write_summary', 'book_overview',
-           'committed_claims', 'claims_ledger']
+           'committed_claims', 'claims_ledger', 'learning_overview']
 
 # %% ../nbs/05_report.ipynb #dcc850b6
 @dataclass
@@ -440,3 +440,23 @@ def claims_ledger(root: str | Path | None = None, chapters: dict | None = None) 
                    'table': link} for _, r in df.iterrows()]
     if not lines: return '_No claims are committed yet._\n'
     return markdown_table(pd.DataFrame(lines))
+
+# %% ../nbs/05_report.ipynb #aff3c648
+def learning_overview(root: str | Path | None = None, chapters=()) -> str:
+    "Markdown: one line per chapter with a committed `learning_check.csv` (largest profile), and one per `chapters` without."
+    root = Path(root) if root else project_root()
+    lines, seen = [], set()
+    for csv in sorted((root/'figures').glob('*/*/learning_check.csv')):
+        chapter, profile = csv.parent.parent.name, csv.parent.name
+        if profile not in LEDGER_PROFILES or chapter in seen: continue
+        found = next(p for p in LEDGER_PROFILES if (root/'figures'/chapter/p/'learning_check.csv').is_file())
+        df, seen = pd.read_csv(root/'figures'/chapter/found/'learning_check.csv'), seen | {chapter}
+        best = df.loc[df.mean_delta.idxmax()] if df.mean_delta.notna().any() else None
+        lines.append({'chapter': chapter, 'profile': found, 'pretrainings checked': len(df), 'learn': int((df.verdict == 'learns').sum()),
+                      'do not beat random init': int((df.verdict == 'does not beat random init').sum()),
+                      'largest Δ vs random init [95 % CI]': '' if best is None else
+                      f"{best.pretraining}: {best.metric} {best.mean_delta:+.3f} {format_interval(best.ci_low, best.ci_high)}",
+                      'table': f"[learning check]({(root/'figures'/chapter/found/'learning_check.md').relative_to(root).as_posix()})"})
+    lines += [{'chapter': c, 'profile': '', 'pretrainings checked': 0, 'learn': '', 'do not beat random init': '',
+               'largest Δ vs random init [95 % CI]': 'no learning check committed yet', 'table': ''} for c in chapters if c not in seen]
+    return markdown_table(pd.DataFrame(lines)) if lines else '_No learning check is committed yet._\n'
