@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import seeded_rng
+from .distributed import data_parallel
 from .augment import BatchAugment, AugmentConfig, simclr_config, to_float_images
 from .evaluate import classification_metrics
 from .losses import nt_xent_loss
@@ -140,7 +141,9 @@ def simclr_optimizer(model: nn.Module, batch_size: int, epochs: int, steps_per_e
 def pretrain_simclr(net: SimCLRNet, images, augment: BatchAugment, epochs: int, batch_size: int = 256,
                     temperature: float = 0.5, seed: int = 0, device='cpu', bags: BagSampler | None = None,
                     positives: str = 'micle',   # with `bags`: 'micle' (two images of a bag) or 'same' (SimCLR, one image twice)
-                    checkpoint_path=None, desc: str = 'SimCLR') -> list[dict]:
+                    checkpoint_path=None, desc: str = 'SimCLR',
+                    sync_bn: bool = False,      # under torchrun (08c_distributed): BatchNorm over the global batch (CUDA)
+                   ) -> list[dict]:
     "SimCLR (or MICLe, given `bags`) pretraining of `net` in place; `images` is a uint8 tensor or `epoch -> tensor`."
     if positives not in ('micle', 'same'): raise ValueError(f"positives must be 'micle' or 'same', not {positives!r}")
     source = images if callable(images) else (lambda epoch: images)
@@ -152,19 +155,22 @@ def pretrain_simclr(net: SimCLRNet, images, augment: BatchAugment, epochs: int, 
         raise ValueError(f"batch_size {batch_size} exceeds the {bags.n_bags} bags (a batch holds distinct bags): "
                          f"pass batch_size <= {bags.n_bags}, the same for every run you compare")
     steps = max(1, n // batch_size)
+    ddp = data_parallel(net, batch_size, bags.n_bags if bags is not None else n, seed, device, sync_bn, checkpoint_path)
+    shard = (lambda idx: idx) if ddp is None else ddp.shard   # None outside torchrun: the one-process path
     def batches(epoch):
         x = source(epoch)
         if bags is None:
-            for idx in contrastive_batches(n, batch_size, drop_last=n >= batch_size, generator=epoch_generator(seed, epoch, device), device=device):
+            for idx in map(shard, contrastive_batches(n, batch_size, drop_last=n >= batch_size, generator=epoch_generator(seed, epoch, device), device=device)):
                 yield augment(x[idx]), augment(x[idx])
             return
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)   # the same draws for 'micle' and 'same'
         for _ in range(steps):
-            i1, i2 = bags.pairs(torch.randperm(bags.n_bags, generator=g)[:batch_size], g, same=positives == 'same')
+            i1, i2 = map(shard, bags.pairs(torch.randperm(bags.n_bags, generator=g)[:batch_size], g, same=positives == 'same'))
             yield augment(x[i1.to(x.device)]), augment(x[i2.to(x.device)])
     optimizer, scheduler = simclr_optimizer(net, batch_size, epochs, steps)
-    return fit(net, lambda m, b: nt_xent_loss(m(b[0]), m(b[1]), temperature), batches, epochs, optimizer, scheduler,
-               scheduler_interval='step', device=device, checkpoint_path=checkpoint_path, desc=desc)
+    model, group, options = (net, None, {}) if ddp is None else (ddp.model, ddp.group, ddp.fit_options)
+    return fit(net, lambda m, b: nt_xent_loss(model(b[0]), model(b[1]), temperature, group), batches, epochs, optimizer, scheduler,
+               scheduler_interval='step', device=device, checkpoint_path=checkpoint_path, desc=desc, **options)
 
 # %% ../nbs/08b_simclr.ipynb #b5479bd6
 @torch.no_grad()
