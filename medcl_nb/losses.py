@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .distributed import gather_with_grad
+
 # %% auto #0
 __all__ = ['MULTI_POSITIVE_COMBINES', 'nt_xent_loss', 'multi_positive_nt_xent', 'positive_mask_from_groups']
 
@@ -14,8 +16,10 @@ __all__ = ['MULTI_POSITIVE_COMBINES', 'nt_xent_loss', 'multi_positive_nt_xent', 
 def nt_xent_loss(z1: torch.Tensor,          # first views, (N, D); N >= 2
                  z2: torch.Tensor,          # second views, (N, D); row i of z1 and of z2 are a positive pair
                  temperature: float = 0.5,  # τ, the softmax temperature
+                 group=None,                # a process group (08c_distributed): this rank's views; the negatives are every rank's
                 ) -> torch.Tensor:          # scalar, float32
     "SimCLR's NT-Xent (Chen et al. 2020, Eq. 1) of two batches of views, in float32, averaged over the 2N anchors."
+    if group is not None: z1, z2 = gather_with_grad(z1, group), gather_with_grad(z2, group)   # the global batch
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be (N, D) with the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     if temperature <= 0: raise ValueError(f"temperature must be positive, got {temperature}")
@@ -36,10 +40,12 @@ def multi_positive_nt_xent(z: torch.Tensor,              # embeddings, (M, D)
                            positive_mask: torch.Tensor,  # bool (M, M): row p is a positive of anchor i
                            temperature: float = 0.5,     # τ, the softmax temperature
                            combine: str = 'mean_log',    # 'mean_log' (SupCon's L_out) or 'log_sum' (solo-learn)
+                           group=None,                   # a process group (08c_distributed): z is this rank's rows, positive_mask the global batch's
                           ) -> torch.Tensor:             # scalar, float32
     "NT-Xent with positives from a mask (MICLe, Azizi et al. 2021; SupCon Eq. 2), in float32, averaged over the anchors that have a positive."
     if combine not in MULTI_POSITIVE_COMBINES:
         raise ValueError(f"combine must be one of {', '.join(MULTI_POSITIVE_COMBINES)}, not {combine!r}")
+    if group is not None: z = gather_with_grad(z, group)   # the global batch, rank by rank
     m = z.shape[0]
     if z.ndim != 2 or positive_mask.shape != (m, m):
         raise ValueError(f"need z of shape (M, D) and positive_mask of shape (M, M), got {tuple(z.shape)} and "

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import seeded_rng
+from .distributed import data_parallel
 from .augment import BatchAugment, AugmentConfig, simclr_config, to_float_images
 from .evaluate import PROBE_CS, as_label_vector, classification_metrics, collapse_check, frozen_probe, task_kind
 from .losses import nt_xent_loss
@@ -143,7 +144,9 @@ def pretrain_simclr(net: SimCLRNet, images, augment: BatchAugment, epochs: int |
                     checkpoint_path=None, desc: str = 'SimCLR',
                     steps: int | None = None,   # instead of `epochs`: the budget in optimiser steps (the last epoch cut short)
                     trust_coeff: float = 0.001, # LARS's η (`simclr_optimizer`)
-                    on_epoch_end=None) -> list[dict]:
+                    on_epoch_end=None,
+                    sync_bn: bool = False,      # under torchrun (08c_distributed): BatchNorm over the global batch (CUDA)
+                   ) -> list[dict]:
     "SimCLR (or MICLe, given `bags`) pretraining of `net` in place for `epochs` or `steps`; `images` is a uint8 tensor or `epoch -> tensor`."
     if positives not in ('micle', 'same'): raise ValueError(f"positives must be 'micle' or 'same', not {positives!r}")
     if (epochs is None) == (steps is None): raise ValueError("give either epochs or steps (the budget in optimiser steps)")
@@ -157,19 +160,23 @@ def pretrain_simclr(net: SimCLRNet, images, augment: BatchAugment, epochs: int |
                          f"pass batch_size <= {bags.n_bags}, the same for every run you compare")
     per_epoch = max(1, n // batch_size)                      # batches of one pass (SimCLR drops a short last batch)
     budget = steps if steps is not None else epochs * per_epoch
+    ddp = data_parallel(net, batch_size, bags.n_bags if bags is not None else n, seed, device, sync_bn, checkpoint_path)
+    shard = (lambda idx: idx) if ddp is None else ddp.shard   # None outside torchrun: the one-process path
     def batches(epoch):
         x, left = source(epoch), budget - epoch * per_epoch     # a step budget cuts the last epoch short
         if bags is None:
-            for idx in contrastive_batches(n, batch_size, drop_last=n >= batch_size, generator=epoch_generator(seed, epoch, device), device=device)[:left]:
+            for idx in map(shard, contrastive_batches(n, batch_size, drop_last=n >= batch_size, generator=epoch_generator(seed, epoch, device), device=device)[:left]):
                 yield augment(x[idx]), augment(x[idx])
             return
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)   # the same draws for 'micle' and 'same'
         for _ in range(min(per_epoch, left)):
-            i1, i2 = bags.pairs(torch.randperm(bags.n_bags, generator=g)[:batch_size], g, same=positives == 'same')
+            i1, i2 = map(shard, bags.pairs(torch.randperm(bags.n_bags, generator=g)[:batch_size], g, same=positives == 'same'))
             yield augment(x[i1.to(x.device)]), augment(x[i2.to(x.device)])
     optimizer, scheduler = simclr_optimizer(net, batch_size, budget / per_epoch, per_epoch, trust_coeff)
-    return fit(net, lambda m, b: nt_xent_loss(m(b[0]), m(b[1]), temperature), batches, math.ceil(budget / per_epoch), optimizer,
-               scheduler, scheduler_interval='step', device=device, checkpoint_path=checkpoint_path, desc=desc, on_epoch_end=on_epoch_end)
+    model, group, options = (net, None, {}) if ddp is None else (ddp.model, ddp.group, ddp.fit_options)
+    return fit(net, lambda m, b: nt_xent_loss(model(b[0]), model(b[1]), temperature, group), batches, math.ceil(budget / per_epoch),
+               optimizer, scheduler, scheduler_interval='step', device=device, checkpoint_path=checkpoint_path, desc=desc,
+               on_epoch_end=on_epoch_end, **options)
 
 # %% ../nbs/08b_simclr.ipynb #b5479bd6
 @torch.no_grad()

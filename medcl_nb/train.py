@@ -261,7 +261,7 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
         scheduler=None, scheduler_interval: str = 'epoch', device: str | torch.device = 'auto',
         amp_dtype: torch.dtype | None = torch.bfloat16, checkpoint_path: str | Path | None = None,
         checkpoint_every: int = 1, progress: str = 'auto', desc: str = 'train', on_epoch_end=None,
-        max_grad_norm: float | None = None, channels_last: bool = True) -> list[dict]:
+        max_grad_norm: float | None = None, channels_last: bool = True, checkpoint_io=None) -> list[dict]:
     "Train `model` for `epochs` epochs on `batches(epoch)` with `loss_fn(model, batch)`; return the per-epoch history."
     if scheduler_interval not in SCHEDULER_INTERVALS:
         raise ValueError(f"scheduler_interval must be one of {', '.join(SCHEDULER_INTERVALS)}, not {scheduler_interval!r}")
@@ -277,7 +277,7 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
     planning = plan_active()
     if planning: checkpoint_path = None     # a plan trains a few steps: it neither resumes nor saves a checkpoint
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = load_checkpoint(checkpoint_path)
+        state = load_checkpoint(checkpoint_path) if checkpoint_io is None else checkpoint_io.load(checkpoint_path)
         if state.get('epochs') != epochs or state.get('amp_dtype') != str(amp_dtype):
             raise ValueError(f"{checkpoint_path} belongs to a run of {state.get('epochs')} epochs with {state.get('amp_dtype')}, "
                              f"not {epochs} epochs with {amp_dtype}: delete it or use another checkpoint_path")
@@ -335,7 +335,7 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
                 t_end = time.perf_counter(); on_epoch_end(epoch + 1, record)
                 if planning: add_epoch_end_cost(time.perf_counter() - t_end)
             if checkpoint_path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-                save_checkpoint(checkpoint_path, {
+                (save_checkpoint if checkpoint_io is None else checkpoint_io.save)(checkpoint_path, {
                     'epoch': epoch + 1, 'epochs': epochs, 'global_step': global_step,
                     'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                     'scheduler': None if scheduler is None else scheduler.state_dict(),

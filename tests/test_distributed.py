@@ -1,0 +1,234 @@
+"""Pretraining on several processes (08c_distributed) on the CPU: 2 gloo ranks forked from this process (so they start
+without importing the book again), and the torchrun command itself."""
+import json, multiprocessing, os, socket, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from medcl_nb.core import seeded_rng
+from medcl_nb.distributed import process_group
+from medcl_nb.losses import multi_positive_nt_xent, nt_xent_loss, positive_mask_from_groups
+from medcl_nb.simclr import BagSampler, SimCLRNet, contrastive_batches, pretrain_simclr, pretraining_augment
+from medcl_nb.train import epoch_generator, load_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(fn, rank, port, timeout_s, out, args):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(port), OMP_NUM_THREADS='1')
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    try:
+        with process_group('gloo', timeout_s, 'cpu'): result = {'ok': fn(rank, *args)}
+    except Exception as e:
+        result = {'error': f"{type(e).__name__}: {e}"}
+    torch.save({**result, 'seconds': time.perf_counter() - t0}, out/f'rank{rank}.pt')
+
+
+def run_ranks(fn, out: Path, *args, timeout_s: float = 30, wait_s: float = 60, grace_s: float = 2) -> list[dict]:
+    "`fn(rank, *args)` on 2 forked gloo ranks; per rank {'ok': result} or {'error': message}, or {'died': exitcode}."
+    out.mkdir(parents=True, exist_ok=True)
+    for f in out.glob('rank*.pt'): f.unlink()
+    ctx, port = multiprocessing.get_context('fork'), _free_port()
+    procs = [ctx.Process(target=_rank_main, args=(fn, r, port, timeout_s, out, args)) for r in range(WORLD)]
+    for p in procs: p.start()
+    deadline = time.monotonic() + wait_s
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        if any(p.exitcode not in (None, 0) for p in procs) or any(
+                (out/f'rank{r}.pt').exists() and not p.is_alive() and 'error' in torch.load(out/f'rank{r}.pt', weights_only=False)
+                for r, p in enumerate(procs)):
+            deadline = min(deadline, time.monotonic() + grace_s)   # one rank failed: the others get a moment, then go
+        time.sleep(0.05)
+    results = []
+    for r, p in enumerate(procs):
+        if p.is_alive(): p.kill()
+        p.join()
+        f = out/f'rank{r}.pt'
+        results.append(torch.load(f, weights_only=False) if f.exists() else {'died': p.exitcode})
+    return results
+
+
+def _ok(results) -> list:
+    bad = [r for r in results if 'ok' not in r]
+    assert not bad, bad
+    return [r['ok'] for r in results]
+
+
+# The loss and its gradients: 2 ranks x N against one process on the 2N batch
+
+CASES = [(2, 0.1, None), (5, 0.5, None), (3, 0.2, 'mean_log'), (3, 0.2, 'log_sum')]
+
+def _global_batch(n):
+    g = torch.Generator().manual_seed(n)
+    x1, x2 = torch.randn(WORLD * n, 6, generator=g), torch.randn(WORLD * n, 6, generator=g)
+    ids = torch.arange(WORLD * n) % (n + 1)          # groups that straddle the ranks, none holding every row
+    return x1, x2, ids
+
+def _loss_and_grads(model, x1, x2, ids, temperature, combine, group=None):
+    if combine is None: loss = nt_xent_loss(model(x1), model(x2), temperature, group=group)
+    else: loss = multi_positive_nt_xent(model(x1), positive_mask_from_groups(ids), temperature, combine, group=group)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+def _on_rank(rank):
+    out = []
+    for n, temperature, combine in CASES:
+        torch.manual_seed(0); model = nn.Linear(6, 4)
+        x1, x2, ids = _global_batch(n)
+        mine = slice(rank * n, (rank + 1) * n)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        out.append(_loss_and_grads(ddp, x1[mine], x2[mine], ids, temperature, combine, dist.group.WORLD))
+    return out
+
+def test_loss_and_gradients_on_2_ranks_equal_one_process_on_the_whole_batch(tmp_path):
+    ranks = _ok(run_ranks(_on_rank, tmp_path))
+    for k, (n, temperature, combine) in enumerate(CASES):
+        torch.manual_seed(0); model = nn.Linear(6, 4)
+        loss, grads = _loss_and_grads(model, *_global_batch(n), temperature, combine)
+        for rank in ranks:
+            torch.testing.assert_close(rank[k][0], loss, rtol=1e-6, atol=1e-6)
+            for got, want in zip(rank[k][1], grads): torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+# Each rank's share of every global batch
+
+class _RecordingAugment:
+    "Records which images (pixel value = image index) each call gets; returns them as float images."
+    def __init__(self): self.seen = []
+    def __call__(self, x):
+        self.seen.append(x[:, 0, 0, 0].tolist())
+        return x.float() / 255
+
+_IDS = torch.arange(24, dtype=torch.uint8)[:, None, None, None].expand(-1, 1, 2, 2).contiguous()
+_BAGS = BagSampler(torch.arange(24) // 2)            # 12 bags of 2 images
+
+def _shares(rank):
+    seen = {}
+    for kind in ('simclr', 'micle'):
+        aug = _RecordingAugment()
+        pretrain_simclr(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), _IDS, aug, epochs=2, batch_size=8, seed=1,
+                        bags=_BAGS if kind == 'micle' else None)
+        seen[kind] = aug.seen
+    return seen
+
+def test_each_rank_draws_its_own_share_of_the_one_process_batch(tmp_path):
+    ranks = _ok(run_ranks(_shares, tmp_path))
+    simclr, micle = [], []
+    for epoch in range(2):
+        for idx in contrastive_batches(24, 8, drop_last=True, generator=epoch_generator(1, epoch)):
+            simclr += [idx.tolist(), idx.tolist()]                    # two views of the same images
+        g = torch.Generator().manual_seed(1 * 100_003 + epoch)
+        for _ in range(24 // 8):
+            i1, i2 = _BAGS.pairs(torch.randperm(_BAGS.n_bags, generator=g)[:8], g)
+            micle += [i1.tolist(), i2.tolist()]
+    for kind, expected in (('simclr', simclr), ('micle', micle)):
+        got0, got1 = ranks[0][kind], ranks[1][kind]
+        assert len(got0) == len(got1) == len(expected)
+        for a, b, whole in zip(got0, got1, expected):
+            assert len(a) == len(b) == 4 and a + b == whole             # rank 0's half, then rank 1's: the global batch
+            assert len(set(a + b)) == 8                                 # disjoint: 8 different images
+
+
+def _refusals(rank):
+    net, images = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), _IDS
+    messages = []
+    for kw in (dict(batch_size=7), dict(batch_size=8, sync_bn=True)):
+        try: pretrain_simclr(net, images, _RecordingAugment(), epochs=1, **kw)
+        except ValueError as e: messages.append(str(e))
+    return messages
+
+def test_what_cannot_be_split_over_the_ranks_is_refused(tmp_path):
+    for messages in _ok(run_ranks(_refusals, tmp_path)):
+        assert 'does not split over 2 ranks' in messages[0] and 'sync_bn needs CUDA' in messages[1], messages
+
+
+# Resume: interrupted and resumed on 2 ranks, the weights of a run that never stopped
+
+class _Interrupted(Exception): pass
+
+class _StopAt:
+    "The augmentation, interrupted at its `at`-th call (mid-epoch), as a preempted job would be."
+    def __init__(self, augment, at): self.augment, self.at, self.calls = augment, at, 0
+    def __call__(self, x):
+        self.calls += 1
+        if self.calls == self.at: raise _Interrupted
+        return self.augment(x)
+
+_IMAGES = torch.randint(0, 256, (24, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+def _pretrain(checkpoint_path, stop_at=None):
+    with seeded_rng(0): net = SimCLRNet('resnet18_w8')
+    augment = pretraining_augment('colour', size=16)
+    try: pretrain_simclr(net, _IMAGES, augment if stop_at is None else _StopAt(augment, stop_at), epochs=3,
+                         batch_size=8, seed=0, checkpoint_path=checkpoint_path)
+    except _Interrupted: return None
+    return net.state_dict()
+
+def _straight_and_interrupted(rank, folder):
+    return _pretrain(folder/'straight.pt'), _pretrain(folder/'stopped.pt', stop_at=2 * (3 + 1) + 1)   # epoch 2, step 2
+
+def _resumed(rank, folder):
+    return _pretrain(folder/'stopped.pt')
+
+def test_an_interrupted_2_rank_run_resumes_to_the_weights_of_one_that_was_not(tmp_path):
+    first = _ok(run_ranks(_straight_and_interrupted, tmp_path/'a', tmp_path))
+    assert all(stopped is None for _, stopped in first)
+    state = load_checkpoint(tmp_path/'stopped.pt')
+    assert (state['epoch'], state['world_size'], len(state['rng_by_rank'])) == (1, 2, 2)
+    assert not torch.equal(state['rng_by_rank'][0]['torch'], state['rng_by_rank'][1]['torch'])   # a stream per rank
+    resumed = _ok(run_ranks(_resumed, tmp_path/'b', tmp_path))
+    for rank in range(WORLD):   # BatchNorm's running statistics are each rank's own (DDP broadcasts rank 0's before a step)
+        straight = first[rank][0]
+        different = [k for k in straight if not torch.equal(resumed[rank][k], straight[k])]
+        assert not different, (rank, different)
+    params = [k for k, _ in SimCLRNet('resnet18_w8').named_parameters()]
+    assert all(torch.equal(resumed[1][k], first[0][0][k]) for k in params)   # the weights are the same on every rank
+
+
+# A rank that dies or stalls: the others stop with an error, they do not hang
+
+def _fails(rank, how):
+    def augment(x):
+        augment.calls += 1
+        if rank == 1 and augment.calls == 3:
+            if how == 'dies': os._exit(3)
+            time.sleep(60)
+        return x.float() / 255
+    augment.calls = 0
+    pretrain_simclr(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), _IDS, augment, epochs=50, batch_size=8)
+
+@pytest.mark.parametrize('how', ['dies', 'stalls'])
+def test_a_rank_that_dies_or_stalls_stops_the_others_with_an_error(tmp_path, how):
+    t0 = time.monotonic()
+    rank0, rank1 = run_ranks(_fails, tmp_path, how, timeout_s=3, wait_s=30)
+    assert time.monotonic() - t0 < 25
+    assert 'died' in rank1
+    assert rank0.get('error', '').startswith('RankFailure: rank 0 of 2 stopped: '), rank0
+    assert rank0['seconds'] < 15, rank0
+
+
+# The command a reader runs
+
+def test_the_torchrun_command_pretrains_and_saves_the_encoder(project):
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
+    args = ['--device', 'cpu', '--arch', 'resnet18_w8', '--epochs', '1', '--batch-size', '8', '--crops-per-epoch', '16']
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                        '-m', 'medcl_nb.distributed', *args], cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    saved = list((project/'runs'/'pretrained').glob('simclr-natural-resnet18_w8-seed0-*.pt'))
+    assert len(saved) == 1 and f"saved {saved[0]}" in r.stdout, r.stdout
+    SimCLRNet('resnet18_w8').load_state_dict(torch.load(saved[0], weights_only=True))
+    info = json.loads(saved[0].with_suffix('.json').read_text())
+    assert info['world_size'] == 2 and info['backend'] == 'gloo' and len(info['history']) == 1
+    assert not any((project/'runs'/'checkpoints'/'pretrained').glob('*.pt'))   # the spent checkpoint is gone
