@@ -314,9 +314,18 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, C: float, task: str, seed: int):
     lr = LogisticRegression(C=C, max_iter=2000, random_state=seed)
     return MultiOutputClassifier(lr).fit(x, y) if task == 'multi-label' else lr.fit(x, y)
 
-def _logistic_scores(model, x: np.ndarray, task: str) -> np.ndarray:
+def _logistic_scores(model, x: np.ndarray, task: str, n_classes: int) -> np.ndarray:
     if task == 'multi-label': return np.stack([p[:, 1] for p in model.predict_proba(x)], 1)   # (N, L)
-    return model.predict_proba(x)                                                             # (N, C), rows sum to 1
+    out = np.zeros((len(x), n_classes))                 # a class absent from the training labels scores 0
+    out[:, model.classes_] = model.predict_proba(x)     # (N, C), rows sum to 1
+    return out
+
+def _selection_score(model, x: np.ndarray, y: np.ndarray, task: str, select: str) -> float:
+    "`select` on the carve, over the classes the probe was fitted on (a class only in the carve is left out)."
+    if task == 'multi-label': return classification_metrics(y, y_score=_logistic_scores(model, x, task, None), task=task)[select]
+    keep = np.isin(y, model.classes_)
+    kind = 'binary' if len(model.classes_) == 2 else 'multi-class'
+    return classification_metrics(np.searchsorted(model.classes_, y[keep]), y_score=model.predict_proba(x[keep]), task=kind)[select]
 
 def frozen_probe(train_x,              # (N, ...) frozen features or images (flattened here), the labelled training set
                  train_y,              # (N,) classes or (N, L) multi-label targets
@@ -334,13 +343,15 @@ def frozen_probe(train_x,              # (N, ...) frozen features or images (fla
     x = to_numpy(_flat_features(train_x, 'cpu')).astype(np.float64)
     y = to_numpy(train_y).astype(np.int64) if task == 'multi-label' else as_label_vector(train_y)
     if len(x) != len(y): raise ValueError(f"train_x has {len(x)} rows but train_y has {len(y)}.")
+    n_classes = max([2, int(y.max()) + 1] + [int(as_label_vector(ey).max()) + 1 for _, ey in evals.values() if len(ey)]) \
+                if task != 'multi-label' else None
     va = to_numpy(stratified_indices(torch.as_tensor(y), float(val_share), seed))
     tr = np.setdiff1d(np.arange(len(y)), va)
     mu, sd = x[tr].mean(0), x[tr].std(0); sd[sd == 0] = 1
     selection = {}
     for C in Cs:
         m = _fit_logistic((x[tr] - mu) / sd, y[tr], C, task, seed)
-        selection[float(C)] = classification_metrics(y[va], y_score=_logistic_scores(m, (x[va] - mu) / sd, task), task=task)[select]
+        selection[float(C)] = _selection_score(m, (x[va] - mu) / sd, y[va], task, select)
     finite = {C: s for C, s in selection.items() if math.isfinite(s)}
     if not finite: raise ValueError(f"no C has a finite validation {select}: the carve of {len(va)} images lacks a class; "
                                     "give more labelled images or a larger val_share")
@@ -350,9 +361,9 @@ def frozen_probe(train_x,              # (N, ...) frozen features or images (fla
     out = {'linear': {}, 'knn': {}, 'C': best, 'selection': selection}
     for s, (ex, ey) in evals.items():
         e = (to_numpy(_flat_features(ex, 'cpu')).astype(np.float64) - mu) / sd
-        out['linear'][s] = classification_metrics(ey, y_score=_logistic_scores(model, e, task), task=task)
+        out['linear'][s] = classification_metrics(ey, y_score=_logistic_scores(model, e, task, n_classes), task=task)
         pred, score = knn_predict(torch.as_tensor(z, dtype=torch.float32), torch.as_tensor(y), torch.as_tensor(e, dtype=torch.float32),
-                                  k=k, n_classes=None if task == 'multi-label' else max(int(y.max()) + 1, 2))
+                                  k=k, n_classes=n_classes)
         out['knn'][s] = classification_metrics(ey, pred, score, task)
     return out
 
