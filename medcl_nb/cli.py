@@ -9,27 +9,35 @@ from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-import nbformat
-
 from .core import (PROFILES, DEVICES, atomic_write_json, atomic_write_text, by_profile, clear_run_status,
                            get_device, md5sum, output_dir, project_root, read_run_status, runs_dir)
 from .data import BOOK_DATASETS, DataError, dataset_files, dataset_status, fetch_dataset, mirror_dir
-from .report import seeds_to_run
+# torch, nbformat and the report's pandas are imported where they are used: `medcl --help` and `medcl chapters`
+# answer in a fraction of a second (importing them all took 13-20 s on a loaded 2-core machine)
 
 # %% auto #0
-__all__ = ['FIXED_PARAMS', 'SMOKE_WARNING', 'parameters_cell', 'find_chapters', 'check_value', 'parse_params', 'ChapterFailed',
-           'ChapterInterrupted', 'execute_notebook', 'run_chapter', 'describe_interruption', 'ChapterBusy',
-           'chapter_lock', 'resolve_profile', 'saved_results', 'reproduce', 'plan_chapter', 'plan_row', 'format_plan',
-           'plan_chapters', 'data_verify', 'data_fetch', 'render_readme', 'write_readme', 'chapters_command',
-           'docs_command', 'exercises_command', 'main']
+__all__ = ['FIXED_PARAMS', 'SMOKE_WARNING', 'read_notebook', 'parameters_cell', 'find_chapters', 'check_value', 'parse_params',
+           'ChapterFailed', 'ChapterInterrupted', 'execute_notebook', 'run_chapter', 'describe_interruption',
+           'ChapterBusy', 'chapter_lock', 'resolve_profile', 'saved_results', 'reproduce', 'plan_chapter', 'plan_row',
+           'format_plan', 'plan_chapters', 'data_verify', 'data_fetch', 'render_readme', 'write_readme',
+           'chapters_command', 'docs_command', 'exercises_command', 'main']
 
 # %% ../nbs/06_cli.ipynb #196a1a5e
+def _source(cell) -> str:
+    "A cell's source as one string (a notebook file stores it as a list of lines)."
+    s = cell.get('source', '')
+    return ''.join(s) if isinstance(s, list) else s
+
+def read_notebook(path: str | Path) -> dict:
+    "A notebook file as plain JSON: finding the chapters needs no nbformat (whose import alone takes a second or two)."
+    return json.loads(Path(path).read_text(encoding='utf-8'))
+
 def parameters_cell(nb) -> dict | None:
-    "The literal assignments of the notebook's cell tagged `parameters` (None if it has none)."
-    for cell in nb.cells:
-        if cell.cell_type == 'code' and 'parameters' in cell.get('metadata', {}).get('tags', []):
+    "The literal assignments of the notebook's cell tagged `parameters` (None if it has none); `nb` as nbformat or `read_notebook` reads it."
+    for cell in nb['cells']:
+        if cell['cell_type'] == 'code' and 'parameters' in cell.get('metadata', {}).get('tags', []):
             values = {}
-            for node in ast.parse(cell.source).body:
+            for node in ast.parse(_source(cell)).body:
                 if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                     try: values[node.targets[0].id] = ast.literal_eval(node.value)
                     except ValueError: pass
@@ -41,7 +49,7 @@ def find_chapters(nbs: str | Path | None = None) -> dict[str, Path]:
     nbs = Path(nbs) if nbs else project_root()/'nbs'
     chapters = {}
     for path in sorted(nbs.glob('*.ipynb')):
-        params = parameters_cell(nbformat.read(path, as_version=4))
+        params = parameters_cell(read_notebook(path))
         if params and isinstance(params.get('chapter'), str):
             if params['chapter'] in chapters:
                 raise ValueError(f"chapter {params['chapter']!r} is named by both {chapters[params['chapter']].name} and {path.name}")
@@ -365,7 +373,7 @@ def reproduce(chapters=None, profile='auto', seeds=None, device='auto', stream=T
         print(f"medcl: unknown profile {profile!r}; use auto, {', '.join(PROFILES)}", file=sys.stderr); return 2
     if seeds is not None and any(int(s) < 0 for s in seeds):
         print(f"medcl: seeds must be non-negative integers, got {list(seeds)}", file=sys.stderr); return 2
-    cells = {c: parameters_cell(nbformat.read(known[c], as_version=4)) for c in chapters}
+    cells = {c: parameters_cell(read_notebook(known[c])) for c in chapters}
     try: extra = parse_params(params, cells)
     except ValueError as e: print(f"medcl: {e}", file=sys.stderr); return 2
     try: get_device(device)
@@ -381,6 +389,7 @@ def reproduce(chapters=None, profile='auto', seeds=None, device='auto', stream=T
         return _run_chapters({c: known[c] for c in chapters}, profile, seeds, device, stream, extra)
 
 def _run_chapters(chapters: dict, profile, seeds, device, stream, extra) -> int:
+    from medcl_nb.report import seeds_to_run
     if profile == 'smoke': print(SMOKE_WARNING)
     out_dir, figures = runs_dir()/profile/'executed', project_root()/'figures'
     before = _snapshot(figures) if profile != 'smoke' else {}

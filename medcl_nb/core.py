@@ -9,9 +9,10 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING: import torch   # for the annotations; numpy and torch are imported where they are used, so that
+                                 # `medcl --help` starts in a fraction of a second rather than the seconds torch takes
 
 # %% auto #0
 __all__ = ['PROFILES', 'DEVICES', 'LIBRARIES', 'check_profile', 'by_profile', 'seed_everything', 'seeded_rng', 'get_device',
@@ -37,6 +38,7 @@ def by_profile(profile: str, *, smoke, reduced, full):
 # %% ../nbs/00_core.ipynb #13cd6ad4
 def seed_everything(seed: int, deterministic: bool = False) -> int:
     "Seed Python, NumPy and torch (CPU and all CUDA devices); optionally ask for deterministic kernels."
+    import numpy as np, torch
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
@@ -55,6 +57,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> int:
 @contextmanager
 def seeded_rng(seed: int, device: str | torch.device | None = None):
     "Inside the block torch's CPU generator (and `device`'s, if CUDA) start from `seed`; afterwards their old state is back."
+    import torch
     device = torch.device('cpu' if device is None else device)
     cuda = [device] if device.type == 'cuda' else []
     with torch.random.fork_rng(devices=cuda):
@@ -68,6 +71,7 @@ DEVICES = ('auto', 'cpu', 'cuda')
 
 def get_device(device: str | torch.device = 'auto') -> torch.device:
     "Resolve `'auto'` (or `$MEDCL_DEVICE`), `'cpu'`, `'cuda'` or `'cuda:N'` to a `torch.device`, checking it exists."
+    import torch
     if isinstance(device, torch.device): device = str(device)
     source = ''
     if device == 'auto' and os.environ.get('MEDCL_DEVICE'):
@@ -86,6 +90,7 @@ def get_device(device: str | torch.device = 'auto') -> torch.device:
 
 def device_name(device: str | torch.device = 'auto') -> str:
     "A human-readable name for provenance, e.g. `'cuda: NVIDIA H100 80GB HBM3'` or `'cpu: x86_64, 2 cores'`."
+    import torch
     device = get_device(device)
     if device.type == 'cuda': return f"cuda: {torch.cuda.get_device_name(device)}"
     return f"cpu: {platform.machine()}, {os.cpu_count()} cores"
@@ -170,11 +175,9 @@ def atomic_write_json(path: str | Path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + '\n')
 
 def _json_default(o):
-    if isinstance(o, (np.integer,)): return int(o)
-    if isinstance(o, (np.floating,)): return float(o)
-    if isinstance(o, np.ndarray): return o.tolist()
-    if isinstance(o, torch.Tensor): return o.tolist()
     if isinstance(o, Path): return str(o)
+    if type(o).__module__.split('.')[0] in ('numpy', 'torch') and hasattr(o, 'tolist'):
+        return o.tolist()   # NumPy scalars and arrays, torch tensors: Python numbers and lists
     raise TypeError(f"Object of type {type(o).__name__} is not JSON serialisable")
 
 # %% ../nbs/00_core.ipynb #90248980

@@ -8,11 +8,9 @@ import difflib, gzip, os, shutil, tempfile, zipfile
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-import medmnist
-from medmnist import INFO
+if TYPE_CHECKING: import torch   # for the annotations: numpy, torch and medmnist are imported where they are used
 
 from .core import atomic_open, data_dir, md5sum
 
@@ -35,9 +33,20 @@ class DataFile:
     md5: str
     url: str
 
+@lru_cache(maxsize=None)
+def _medmnist_info() -> dict:
+    "`medmnist.INFO` (flags, md5s, addresses, labels), read from its own file without importing the package (whose `__init__` loads torch and scikit-learn: seconds)."
+    import importlib.util, sys
+    if 'medmnist' in sys.modules: return sys.modules['medmnist'].INFO
+    where = importlib.util.find_spec('medmnist')
+    if where is None: raise DataError("the medmnist package is not installed: run `pip install -e .` in the project folder")
+    spec = importlib.util.spec_from_file_location('_medmnist_info', Path(where.submodule_search_locations[0])/'info.py')
+    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+    return module.INFO
+
 def known_datasets() -> list[str]:
     "Every dataset name this module can verify: the MedMNIST flags and `mnist`."
-    return sorted(INFO) + ['mnist']
+    return sorted(_medmnist_info()) + ['mnist']
 
 def _check_name(name: str) -> str:
     if name not in known_datasets():
@@ -54,7 +63,7 @@ def dataset_files(name: str, size: int = 28) -> list[DataFile]:
         if size != 28: raise DataError(f"MNIST exists only at 28 px, not {size}.")
         from torchvision.datasets import MNIST
         return [DataFile('mnist', f'MNIST/raw/{fname}', md5, MNIST.mirrors[0] + fname) for fname, md5 in MNIST.resources]
-    info, flag = INFO[name], '' if size == 28 else f'_{size}'
+    info, flag = _medmnist_info()[name], '' if size == 28 else f'_{size}'
     if f'MD5{flag}' not in info:
         sizes = [28] + [int(k[4:]) for k in info if k.startswith('MD5_')]
         raise DataError(f"{name} has no {size}-px version; MedMNIST publishes it at {sizes}.")
@@ -208,6 +217,7 @@ class ImageSplit:
         return replace(self, images=self.images.to(device), labels=self.labels.to(device))
     def subset(self, idx, split: str | None = None) -> 'ImageSplit':
         "The samples at `idx` (a tensor or list of indices)."
+        import torch
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.images.device)
         return replace(self, images=self.images[idx], labels=self.labels[idx], split=split or self.split)
     def __repr__(self):
@@ -227,11 +237,12 @@ def _read_split(name: str, split: str, size: int, root: str) -> tuple[torch.Tens
             with gzip.open(gz, 'rb') as fi, atomic_open(raw/gz.stem, 'wb') as fo: shutil.copyfileobj(fi, fo)  # never trust old ones
         ds = MNIST(root=root, train=(split == 'train'), download=False)
         return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
-    ds = getattr(medmnist, INFO[name]['python_class'])(split=split, root=root, download=False, size=size)
+    import medmnist, numpy as np, torch
+    ds = getattr(medmnist, medmnist.INFO[name]['python_class'])(split=split, root=root, download=False, size=size)
     imgs = torch.from_numpy(np.ascontiguousarray(ds.imgs))
     imgs = imgs.unsqueeze(1) if imgs.ndim == 3 else imgs.permute(0, 3, 1, 2)
     labels = torch.from_numpy(ds.labels.astype(np.int64))
-    if not INFO[name]['task'].startswith('multi-label'): labels = labels.reshape(-1)
+    if not medmnist.INFO[name]['task'].startswith('multi-label'): labels = labels.reshape(-1)
     return imgs.contiguous(), labels
 
 def load_split(name: str, split: str, size: int = 28, device='cpu', root=None, download: bool = True) -> ImageSplit:
@@ -246,7 +257,7 @@ def load_split(name: str, split: str, size: int = 28, device='cpu', root=None, d
     except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as e:
         raise DataError(f"{name}: files verified but could not be read ({type(e).__name__}: {e}).") from e
     if name == 'mnist': task, names = 'multi-class', {str(i): str(i) for i in range(10)}
-    else: task, names = INFO[name]['task'], dict(INFO[name]['label'])
+    else: task, names = _medmnist_info()[name]['task'], dict(_medmnist_info()[name]['label'])
     return ImageSplit(name, split, images, labels, task, names, md5).to(device)
 
 def load_dataset(name: str, size: int = 28, device='cpu', root=None, download: bool = True) -> dict[str, ImageSplit]:
@@ -257,6 +268,7 @@ def load_dataset(name: str, size: int = 28, device='cpu', root=None, download: b
 # %% ../nbs/01_data.ipynb #0976ed83
 def _strata(labels: torch.Tensor) -> tuple[torch.Tensor, bool]:
     "Stratum id per sample: the class for (N,) or (N, 1) labels; the distinct label vector for multi-label (N, C)."
+    import torch
     y = labels.detach().cpu()
     if y.ndim == 2 and y.shape[1] == 1: y = y[:, 0]
     if y.ndim == 1: return y, False
@@ -265,6 +277,7 @@ def _strata(labels: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 def _quotas(sizes: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     "Largest-remainder shares of `n` over strata of `sizes` (sum exactly n); ties broken by a seeded draw."
+    import torch
     exact = n * sizes.double() / sizes.sum()
     quota = exact.floor().long()
     order = torch.randperm(len(sizes), generator=g)
@@ -277,6 +290,7 @@ def stratified_indices(labels: torch.Tensor,  # (N,) classes, or multi-label (N,
                        seed: int = 0,
                       ) -> torch.Tensor:      # (n,) sorted int64 indices
     "Indices of a stratified, seeded random sample: strata are the classes, or the distinct label vectors of multi-label targets."
+    import torch
     y, multi = _strata(labels)
     total = len(y)
     n = round(n * total) if isinstance(n, float) else int(n)
@@ -306,6 +320,7 @@ def holdout(split: ImageSplit, fraction: float, seed: int = 0) -> tuple[ImageSpl
     """Split `split` into (rest, held_out) with a stratified, seeded `fraction` held out. A stratum the draw would
     hold out whole (a class with one image) keeps its first image in `rest`, so held_out is smaller by one per such
     stratum; ValueError if that leaves nothing to hold out."""
+    import torch
     held = stratified_indices(split.labels, fraction, seed)
     y, _ = _strata(split.labels)
     whole = [c for c in torch.unique(y[held]) if (y[held] == c).sum() == (y == c).sum()]

@@ -217,6 +217,33 @@ def test_help_lists_the_chapters_and_describes_every_command(project):
         assert not body.startswith('options'), (cmd, r.stdout)  # a description comes before the options
 
 
+
+def _fastest(cmd: list, runs: int = 3) -> float:
+    "Wall time of the fastest of `runs` runs of `cmd`: the least disturbed by other work on a shared machine."
+    best = float('inf')
+    for _ in range(runs):
+        start = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        best = min(best, time.perf_counter() - start)
+        assert r.returncode == 0, r
+    return best
+
+
+def test_the_command_line_imports_no_heavy_library_to_start():
+    "torch, medmnist, nbformat and pandas are imported where they are used, not when `medcl` starts."
+    heavy = ('torch', 'torchvision', 'medmnist', 'sklearn', 'nbformat', 'pandas', 'scipy', 'papermill')
+    r = subprocess.run([sys.executable, '-c', f"import sys, medcl_nb.cli\nprint([m for m in {heavy!r} if m in sys.modules])"],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == '[]', r.stdout
+
+
+@pytest.mark.parametrize('args', [['--help'], ['chapters'], ['reproduce', '--help']])
+def test_the_command_line_answers_in_well_under_two_seconds(args):
+    "Help and the chapter list took 13-20 s when the CLI imported torch at start; now a fraction of a second."
+    python = _fastest([sys.executable, '-c', 'pass'])   # the machine's own start-up cost, loaded or not
+    took = _fastest([MEDCL, *args])
+    assert took < 2 + 10 * python, f"`medcl {' '.join(args)}` took {took:.2f} s (python -c pass: {python:.2f} s)"
+
 # --- Ctrl-C, the lock -----------------------------------------------------------------------------------------
 
 SLEEPER = """
