@@ -24,9 +24,9 @@ from .core import get_device, seeded_rng
 # %% auto #0
 __all__ = ['TASKS', 'PROBABILITY_ROW_ATOL', 'METRIC_AVERAGES', 'PROBE_CS', 'task_kind', 'to_numpy', 'as_label_vector', 'roc_auc',
            'present_labels', 'classification_metrics', 'knn_predict', 'standardize_features', 'ProbeResult',
-           'linear_probe', 'majority_class_scores', 'probe_baselines', 'frozen_probe', 'auc_se', 'collapse_check',
-           'ElbowResult', 'elbow_k', 'kmeans_elbow', 'cluster_label_mapping', 'map_clusters', 'plot_elbow',
-           'subsample_index', 'tsne_embed', 'tsne_panels', 'tsne_plot']
+           'linear_probe', 'majority_class_scores', 'probe_baselines', 'frozen_probe', 'probe_row', 'auc_se',
+           'collapse_check', 'ElbowResult', 'elbow_k', 'kmeans_elbow', 'cluster_label_mapping', 'map_clusters',
+           'plot_elbow', 'subsample_index', 'tsne_embed', 'tsne_panels', 'tsne_plot']
 
 # %% ../nbs/03_evaluate.ipynb #a48c5793
 TASKS = ('binary', 'multi-class', 'multi-label')
@@ -347,25 +347,32 @@ def frozen_probe(train_x,              # (N, ...) frozen features or images (fla
                 if task != 'multi-label' else None
     va = to_numpy(stratified_indices(torch.as_tensor(y), float(val_share), seed))
     tr = np.setdiff1d(np.arange(len(y)), va)
-    mu, sd = x[tr].mean(0), x[tr].std(0); sd[sd == 0] = 1
+    xt, xv, _, _ = (t.numpy() for t in standardize_features(torch.as_tensor(x[tr]), torch.as_tensor(x[va])))
     selection = {}
     for C in Cs:
-        m = _fit_logistic((x[tr] - mu) / sd, y[tr], C, task, seed)
-        selection[float(C)] = _selection_score(m, (x[va] - mu) / sd, y[va], task, select)
+        m = _fit_logistic(xt, y[tr], C, task, seed)
+        selection[float(C)] = _selection_score(m, xv, y[va], task, select)
     finite = {C: s for C, s in selection.items() if math.isfinite(s)}
     if not finite: raise ValueError(f"no C has a finite validation {select}: the carve of {len(va)} images lacks a class; "
                                     "give more labelled images or a larger val_share")
     best = min(finite, key=lambda C: (-finite[C], C))
-    mu, sd = x.mean(0), x.std(0); sd[sd == 0] = 1
-    model, z = _fit_logistic((x - mu) / sd, y, best, task, seed), (x - mu) / sd
+    names = list(evals)
+    z, *es, _, _ = (t.numpy() for t in standardize_features(torch.as_tensor(x), *[_flat_features(evals[s][0], 'cpu').double() for s in names]))
+    model = _fit_logistic(z, y, best, task, seed)
     out = {'linear': {}, 'knn': {}, 'C': best, 'selection': selection}
-    for s, (ex, ey) in evals.items():
-        e = (to_numpy(_flat_features(ex, 'cpu')).astype(np.float64) - mu) / sd
+    for s, e in zip(names, es):
+        ey = evals[s][1]
         out['linear'][s] = classification_metrics(ey, y_score=_logistic_scores(model, e, task, n_classes), task=task)
         pred, score = knn_predict(torch.as_tensor(z, dtype=torch.float32), torch.as_tensor(y), torch.as_tensor(e, dtype=torch.float32),
                                   k=k, n_classes=n_classes)
         out['knn'][s] = classification_metrics(ey, pred, score, task)
     return out
+
+def probe_row(result: dict, split: str = 'test', **extra) -> dict:
+    "A `frozen_probe` result as one result row: the split's probe AUC and accuracy, kNN AUC and the chosen C (finite numbers only)."
+    m = {'auc': result['linear'][split]['auc'], 'accuracy': result['linear'][split]['accuracy'],
+         'knn_auc': result['knn'][split]['auc'], 'C': result['C'], **extra}
+    return {k: float(v) for k, v in m.items() if math.isfinite(float(v))}
 
 # %% ../nbs/03_evaluate.ipynb #0d6fa60f
 def auc_se(auc: float, n_pos: int, n_neg: int) -> float:

@@ -326,7 +326,7 @@ def learning_check(results: list[dict],   # per-seed results of one profile (`lo
     lines = []
     for name, row in pretrained.items():
         vr, vp = (claim_verdict(results, row, other, metric, confidence=confidence) for other in (random_init, pixels))
-        scores = [v[metric] for r in results for k, v in r['rows'].items() if k == row and metric in v]
+        scores = _per_seed(results, row, metric).values()
         word = ('not run' if vr['n'] == 0 else 'learns' if vr['verdict'] == 'reproduced' else 'does not beat random init')
         lines.append({'pretraining': name, 'metric': metric, 'profile': profile, 'seeds': vr['n'],
                       'probe (mean ± sd)': format_mean_sd(*mean_sd(scores)),
@@ -359,7 +359,8 @@ def require_learning(claim: dict,              # a `claim_verdict` output (with 
         if name not in known.index: failed.append(f"{name}: no learning check"); continue
         c = known.loc[name]
         if c.verdict != 'learns':
-            failed.append(f"{name} does not beat random init (Δ {c.metric} {c['Δ vs random init'] or 'n/a'} {c['95 % interval (random init)']})".rstrip())
+            delta = ' '.join(x for x in (c['Δ vs random init'] or 'n/a', c['95 % interval (random init)']) if x)
+            failed.append(f"{name} does not beat random init (Δ {c.metric} {delta})")
     return _untestable(claim, '; '.join(failed)) if failed else claim
 
 def require_no_collapse(claim: dict, results: list[dict], rows: list) -> dict:
@@ -409,10 +410,10 @@ def book_overview(root: str | Path | None = None, planned: dict | None = None) -
 # %% ../nbs/05_report.ipynb #1f2eca7a
 LEDGER_PROFILES = ('full', 'reduced')   # the committed profiles, largest first
 
-def committed_claims(root: Path, chapter: str) -> tuple[str, Path] | None:
-    "(profile, path) of the chapter's `claims.csv` in the largest committed profile, or None."
+def committed_claims(root: Path, chapter: str, name: str = 'claims.csv') -> tuple[str, Path] | None:
+    "(profile, path) of the chapter's `claims.csv` (or another table `name`) in the largest committed profile, or None."
     for profile in LEDGER_PROFILES:
-        path = root/'figures'/chapter/profile/'claims.csv'
+        path = root/'figures'/chapter/profile/name
         if path.is_file(): return profile, path
     return None
 
@@ -446,17 +447,16 @@ def learning_overview(root: str | Path | None = None, chapters=()) -> str:
     "Markdown: one line per chapter with a committed `learning_check.csv` (largest profile), and one per `chapters` without."
     root = Path(root) if root else project_root()
     lines, seen = [], set()
-    for csv in sorted((root/'figures').glob('*/*/learning_check.csv')):
-        chapter, profile = csv.parent.parent.name, csv.parent.name
-        if profile not in LEDGER_PROFILES or chapter in seen: continue
-        found = next(p for p in LEDGER_PROFILES if (root/'figures'/chapter/p/'learning_check.csv').is_file())
-        df, seen = pd.read_csv(root/'figures'/chapter/found/'learning_check.csv'), seen | {chapter}
+    for chapter in sorted(p.name for p in (root/'figures').iterdir() if p.is_dir()) if (root/'figures').is_dir() else []:
+        if (committed := committed_claims(root, chapter, 'learning_check.csv')) is None: continue
+        (found, csv), seen = committed, seen | {chapter}
+        df = pd.read_csv(csv)
         best = df.loc[df.mean_delta.idxmax()] if df.mean_delta.notna().any() else None
         lines.append({'chapter': chapter, 'profile': found, 'pretrainings checked': len(df), 'learn': int((df.verdict == 'learns').sum()),
                       'do not beat random init': int((df.verdict == 'does not beat random init').sum()),
                       'largest Δ vs random init [95 % CI]': '' if best is None else
                       f"{best.pretraining}: {best.metric} {best.mean_delta:+.3f} {format_interval(best.ci_low, best.ci_high)}",
-                      'table': f"[learning check]({(root/'figures'/chapter/found/'learning_check.md').relative_to(root).as_posix()})"})
+                      'table': f"[learning check]({csv.with_suffix('.md').relative_to(root).as_posix()})"})
     lines += [{'chapter': c, 'profile': '', 'pretrainings checked': 0, 'learn': '', 'do not beat random init': '',
                'largest Δ vs random init [95 % CI]': 'no learning check committed yet', 'table': ''} for c in chapters if c not in seen]
     return markdown_table(pd.DataFrame(lines)) if lines else '_No learning check is committed yet._\n'
