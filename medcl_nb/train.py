@@ -17,7 +17,7 @@ from .core import get_device, atomic_open, update_run_status
 __all__ = ['PROGRESS_MODES', 'SCHEDULER_INTERVALS', 'epoch_generator', 'batch_indices', 'autocast_context', 'needs_grad_scaler',
            'NonFiniteLossError', 'check_finite_loss', 'resolve_progress_mode', 'Progress', 'capture_rng_state',
            'restore_rng_state', 'save_checkpoint', 'load_checkpoint', 'PlanMeasurement', 'measuring_plan',
-           'plan_active', 'plan_epochs', 'plan_batches', 'add_epoch_end_cost', 'fit']
+           'plan_active', 'plan_epochs', 'plan_batches', 'add_epoch_end_cost', 'use_channels_last', 'fit']
 
 # %% ../nbs/04_train.ipynb #159c914d
 def epoch_generator(seed: int, epoch: int, device: str | torch.device = 'cpu') -> torch.Generator:
@@ -247,6 +247,13 @@ def add_epoch_end_cost(seconds: float):
     last = _PLAN.loops[-1]
     last['epoch_end_s'] += seconds; last['est_s'] += last['epochs'] * seconds; last['spent_s'] += seconds
 
+# %% ../nbs/04_train.ipynb #90c0dcec
+def use_channels_last() -> bool:
+    "Whether training puts 4-d weights in channels-last order: yes, unless `$MEDCL_CHANNELS_LAST` is '0'. Raises on other values."
+    value = os.environ.get('MEDCL_CHANNELS_LAST', '1').strip()
+    if value not in ('0', '1'): raise ValueError(f"MEDCL_CHANNELS_LAST={value!r}: set it to 1 (channels-last, the default) or 0 (off)")
+    return value == '1'
+
 # %% ../nbs/04_train.ipynb #a4b9ad28
 SCHEDULER_INTERVALS = ('epoch', 'step')
 _HISTORY_KEYS = ('epoch', 'loss', 'lr', 'steps', 'seconds', 'samples', 'samples_per_s')
@@ -261,7 +268,7 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
         scheduler=None, scheduler_interval: str = 'epoch', device: str | torch.device = 'auto',
         amp_dtype: torch.dtype | None = torch.bfloat16, checkpoint_path: str | Path | None = None,
         checkpoint_every: int = 1, progress: str = 'auto', desc: str = 'train', on_epoch_end=None,
-        max_grad_norm: float | None = None, channels_last: bool = True, checkpoint_io=None) -> list[dict]:
+        max_grad_norm: float | None = None, channels_last: bool | None = None, checkpoint_io=None) -> list[dict]:
     "Train `model` for `epochs` epochs on `batches(epoch)` with `loss_fn(model, batch)`; return the per-epoch history."
     if scheduler_interval not in SCHEDULER_INTERVALS:
         raise ValueError(f"scheduler_interval must be one of {', '.join(SCHEDULER_INTERVALS)}, not {scheduler_interval!r}")
@@ -269,7 +276,8 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
         raise ValueError(f"need epochs >= 0 and checkpoint_every >= 1, got {epochs} and {checkpoint_every}")
     device = get_device(device)
     model.to(device)
-    if channels_last and device.type == 'cuda': model.to(memory_format=torch.channels_last)   # 4-d weights only
+    if use_channels_last() if channels_last is None else channels_last:
+        model.to(memory_format=torch.channels_last)   # 4-d weights only
     amp_on = not isinstance(autocast_context(device, amp_dtype), nullcontext)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_on and needs_grad_scaler(amp_dtype))
     history, start, global_step = [], 0, 0
