@@ -13,8 +13,9 @@ from .report import load_results, save_seed_result, seeds_to_run
 from .train import measuring_plan
 
 # %% auto #0
-__all__ = ['checkpoint_path', 'part_seeds', 'PlanFinished', 'plan_path', 'plan_experiment', 'keep_plan', 'cost_table',
-           'show_cost', 'run_experiment']
+__all__ = ['ENCODER_LIMIT_BYTES', 'CHAPTER_ENCODERS_LIMIT_BYTES', 'checkpoint_path', 'part_seeds', 'PlanFinished', 'plan_path',
+           'plan_experiment', 'keep_plan', 'cost_table', 'show_cost', 'run_experiment', 'encoder_path', 'keep_encoder',
+           'load_encoder']
 
 # %% ../nbs/05a_runner.ipynb #d791f60b
 def checkpoint_path(chapter: str, profile: str, part: str, seed: int, tag: str = '') -> Path | None:
@@ -148,3 +149,48 @@ def run_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, devi
         print(f"[{i + 1}/{len(todo)}] {part} seed {seed} in {_clock(timer.seconds)} | {_numbers(rows)} | elapsed "
               f"{_clock(time.perf_counter() - start)}" + (f", ~{_clock(left)} left" if todo[i + 1:] else ''), flush=True)
     return load_results(chapter, profile)
+
+# %% ../nbs/05a_runner.ipynb #e6f2654b
+ENCODER_LIMIT_BYTES = 2_000_000           # one committed encoder
+CHAPTER_ENCODERS_LIMIT_BYTES = 15_000_000 # all committed encoders of one chapter and profile
+
+def encoder_path(chapter: str, profile: str, part: str, seed: int) -> Path:
+    "Where `keep_encoder` puts a part's encoder: `<output_dir>/encoders/<part>-seed<seed>.pt`."
+    from medcl_nb.core import output_dir
+    return output_dir(chapter, profile)/'encoders'/f'{part}-seed{int(seed)}.pt'
+
+def keep_encoder(module, chapter: str, profile: str, part: str, seed: int) -> dict:
+    "Save `module`'s weights as an fp16 state dict (`encoder_path`); returns {'file', 'md5', 'bytes'} for the part's provenance. Raises over 2 MB."
+    import hashlib, io, torch
+    from medcl_nb.core import atomic_open
+    state = {k: (v.detach().to('cpu', torch.float16) if v.is_floating_point() else v.detach().cpu()).contiguous()
+             for k, v in module.state_dict().items()}
+    buffer = io.BytesIO(); torch.save(state, buffer); data = buffer.getvalue()
+    if len(data) > ENCODER_LIMIT_BYTES:
+        raise ValueError(f"{part} seed {seed}: the encoder takes {len(data) / 1e6:.1f} MB in fp16, over the "
+                         f"{ENCODER_LIMIT_BYTES / 1e6:.0f} MB a committed encoder may take; keep a smaller network or none")
+    path = encoder_path(chapter, profile, part, seed); path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, 'wb', encoding=None) as f: f.write(data)
+    return {'file': path.name, 'md5': hashlib.md5(data).hexdigest(), 'bytes': len(data)}
+
+def load_encoder(module, chapter: str, part: str, seed: int = 0, profile: str | None = None):
+    """Load the committed encoder of (`chapter`, `part`, `seed`) into `module` (as fp32) and return it; `profile` None:
+    the largest committed. Raises FileNotFoundError when there is none, ValueError when its md5 is not the provenance's."""
+    import hashlib, torch
+    from medcl_nb.core import committed_profiles
+    from medcl_nb.report import results_dir, _result_name
+    profiles = [check_profile(profile)] if profile else committed_profiles(chapter)[::-1]
+    found = [p for p in profiles if encoder_path(chapter, p, part, seed).is_file()]
+    if not found:
+        raise FileNotFoundError(f"no committed encoder of {chapter} part {part!r} seed {seed} (profiles looked in: "
+                                f"{', '.join(profiles) or 'none committed'}); a reduced or full run of the chapter keeps it")
+    path = encoder_path(chapter, found[0], part, seed)
+    result = results_dir(chapter, found[0])/_result_name(seed, part)
+    kept = json.loads(result.read_text(encoding='utf-8'))['provenance'].get('encoder', {}) if result.is_file() else {}
+    actual = hashlib.md5(path.read_bytes()).hexdigest()
+    if kept.get('md5') != actual:
+        raise ValueError(f"{path} has md5 {actual}, but its run recorded {kept.get('md5') or 'none'} in {result.name}: "
+                         "the file is not the one the run kept; restore it (git checkout) or rerun the part")
+    state = torch.load(path, map_location='cpu')
+    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return module
