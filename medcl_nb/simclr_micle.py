@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_simclr_micle.ipynb #c11aed88
 from __future__ import annotations
-import math
+import itertools, math
 from pathlib import Path
 
 import numpy as np
@@ -55,18 +55,21 @@ def natural_crops(photos: torch.Tensor, n: int, size: int = 28, scale=(0.02, 0.3
 # %% ../nbs/12_simclr_micle.ipynb #47c0b242
 NATURAL_SOURCE = 'natural-photo surrogate: crops of the 13 scikit-image photographs'
 
-def pretrain_supervised_natural(net: SimCLRNet, photos: torch.Tensor, augment: BatchAugment, epochs: int,
-                                crops_per_epoch: int, batch_size: int = 256, seed: int = 0, device='cpu', desc='supervised') -> str:
-    "Supervised pretraining of `net.encoder` on the photo crops, label = the photo a crop came from; returns `NATURAL_SOURCE`."
+def pretrain_supervised_natural(net: SimCLRNet, photos: torch.Tensor, augment: BatchAugment, steps: int,
+                                crops_per_epoch: int, batch_size: int = 256, seed: int = 0, device='cpu', desc='supervised',
+                                trust_coeff: float = 0.001) -> str:
+    "Supervised pretraining of `net.encoder` for `steps` optimiser steps on the photo crops, label = the photo a crop came from; returns `NATURAL_SOURCE`."
     head = nn.Linear(net.encoder.dim, len(photos))
     model = nn.ModuleDict({'encoder': net.encoder, 'head': head}).to(device)
+    per_epoch = math.ceil(crops_per_epoch / batch_size)
     def batches(epoch):
         x, y = natural_crops(photos, crops_per_epoch, seed=seed * 1000 + epoch)
-        for idx in batch_indices(len(x), batch_size, generator=epoch_generator(seed, epoch, device), device=device):
+        left = steps - epoch * per_epoch                                   # the last epoch cut short, as pretrain_simclr does
+        for idx in itertools.islice(batch_indices(len(x), batch_size, generator=epoch_generator(seed, epoch, device), device=device), left):
             yield augment(x[idx]), y[idx]
-    optimizer, scheduler = simclr_optimizer(model, batch_size, epochs, math.ceil(crops_per_epoch / batch_size))
+    optimizer, scheduler = simclr_optimizer(model, batch_size, steps / per_epoch, per_epoch, trust_coeff)
     fit(model, lambda m, b: F.cross_entropy(m['head'](m['encoder'](to_network_input(b[0]))).float(), b[1]), batches,
-        epochs, optimizer, scheduler, scheduler_interval='step', device=device, desc=desc)
+        math.ceil(steps / per_epoch), optimizer, scheduler, scheduler_interval='step', device=device, desc=desc)
     return NATURAL_SOURCE
 
 # %% ../nbs/12_simclr_micle.ipynb #f1244823
