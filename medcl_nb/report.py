@@ -444,18 +444,19 @@ def claims_ledger(root: str | Path | None = None, chapters: dict | None = None) 
 
 # %% ../nbs/05_report.ipynb #aff3c648
 def learning_overview(root: str | Path | None = None, chapters=()) -> str:
-    "Markdown: one line per chapter with a committed `learning_check.csv` (largest profile), and one per `chapters` without."
+    "Markdown: one line per chapter with a committed `learning_check.csv` (largest profile; its largest Δ among the pretrainings that learn, else among all), and one per `chapters` without."
     root = Path(root) if root else project_root()
     lines, seen = [], set()
     for chapter in sorted(p.name for p in (root/'figures').iterdir() if p.is_dir()) if (root/'figures').is_dir() else []:
         if (committed := committed_claims(root, chapter, 'learning_check.csv')) is None: continue
         (found, csv), seen = committed, seen | {chapter}
         df = pd.read_csv(csv)
-        best = df.loc[df.mean_delta.idxmax()] if df.mean_delta.notna().any() else None
+        pool = df[df.verdict == 'learns'] if (df.verdict == 'learns').any() else df   # a pretraining that learns first
+        best = pool.loc[pool.mean_delta.idxmax()] if pool.mean_delta.notna().any() else None
         lines.append({'chapter': chapter, 'profile': found, 'pretrainings checked': len(df), 'learn': int((df.verdict == 'learns').sum()),
                       'do not beat random init': int((df.verdict == 'does not beat random init').sum()),
                       'largest Δ vs random init [95 % CI]': '' if best is None else
-                      f"{best.pretraining}: {best.metric} {best.mean_delta:+.3f} {format_interval(best.ci_low, best.ci_high)}",
+                      f"{best.pretraining}: {best.metric} {best.mean_delta:+.3f} {format_interval(best.ci_low, best.ci_high)} ({best.verdict})",
                       'table': f"[learning check]({csv.with_suffix('.md').relative_to(root).as_posix()})"})
     lines += [{'chapter': c, 'profile': '', 'pretrainings checked': 0, 'learn': '', 'do not beat random init': '',
                'largest Δ vs random init [95 % CI]': 'no learning check committed yet', 'table': ''} for c in chapters if c not in seen]
