@@ -247,12 +247,13 @@ def add_epoch_end_cost(seconds: float):
     last = _PLAN.loops[-1]
     last['epoch_end_s'] += seconds; last['est_s'] += last['epochs'] * seconds; last['spent_s'] += seconds
 
-# %% ../nbs/04_train.ipynb #90c0dcec
-def use_channels_last() -> bool:
-    "Whether training puts 4-d weights in channels-last order: yes, unless `$MEDCL_CHANNELS_LAST` is '0'. Raises on other values."
-    value = os.environ.get('MEDCL_CHANNELS_LAST', '1').strip()
-    if value not in ('0', '1'): raise ValueError(f"MEDCL_CHANNELS_LAST={value!r}: set it to 1 (channels-last, the default) or 0 (off)")
-    return value == '1'
+# %% ../nbs/04_train.ipynb #1fa465fa
+def use_channels_last(device: str | torch.device = 'cpu') -> bool:
+    "Whether training on `device` puts 4-d weights in channels-last order: on CUDA, unless `$MEDCL_CHANNELS_LAST` says 1 (always) or 0 (never)."
+    value = os.environ.get('MEDCL_CHANNELS_LAST', '').strip()
+    if value not in ('', '0', '1'):
+        raise ValueError(f"MEDCL_CHANNELS_LAST={value!r}: set it to 1 (channels-last everywhere), 0 (nowhere) or leave it unset (CUDA only)")
+    return value == '1' if value else torch.device(device).type == 'cuda'
 
 # %% ../nbs/04_train.ipynb #a4b9ad28
 SCHEDULER_INTERVALS = ('epoch', 'step')
@@ -276,7 +277,7 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
         raise ValueError(f"need epochs >= 0 and checkpoint_every >= 1, got {epochs} and {checkpoint_every}")
     device = get_device(device)
     model.to(device)
-    if use_channels_last() if channels_last is None else channels_last:
+    if use_channels_last(device) if channels_last is None else channels_last:
         model.to(memory_format=torch.channels_last)   # 4-d weights only
     amp_on = not isinstance(autocast_context(device, amp_dtype), nullcontext)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_on and needs_grad_scaler(amp_dtype))

@@ -125,3 +125,16 @@ def test_supervised_natural_learns_from_the_same_photos_as_simclr():
     photos = natural_photos(side=64)
     source = simclr_micle.pretrain_supervised_natural(SimCLRNet('resnet18_w8'), photos, pretraining_augment(), 1, 16, batch_size=8)
     assert source == simclr_micle.NATURAL_SOURCE
+
+
+def test_fine_tuning_the_8_wide_resnet_on_an_odd_batch_runs_on_the_cpu():
+    # channels-last weights made oneDNN's backward crash the process here (batch 5, 7 or 47; torch 2.14.1), so the
+    # CPU keeps the default memory order unless MEDCL_CHANNELS_LAST=1 (04_train.use_channels_last)
+    from medcl_nb.simclr import fine_tune, fine_tuning_augment
+    from medcl_nb.train import use_channels_last
+    if use_channels_last('cpu'): pytest.skip('MEDCL_CHANNELS_LAST=1 forces channels-last on the CPU')
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8, generator=g), torch.arange(12) % 2
+    res = fine_tune(SimCLRNet('resnet18_w8').encoder, {'train': (x[:5], y[:5]), 'val': (x[5:9], y[5:9]), 'test': (x[9:], y[9:])},
+                    2, 'binary-class', augment=fine_tuning_augment(), batch_size=5, max_steps=3, eval_every=3)
+    assert res['steps'] == 3
