@@ -519,4 +519,5 @@ d = { 'settings': { 'branch': 'main',
                                 'medcl_nb.train.resolve_progress_mode': ('train.html#resolve_progress_mode', 'medcl_nb/train.py'),
                                 'medcl_nb.train.restore_rng_state': ('train.html#restore_rng_state', 'medcl_nb/train.py'),
                                 'medcl_nb.train.save_checkpoint': ('train.html#save_checkpoint', 'medcl_nb/train.py'),
+                                'medcl_nb.train.to_channels_last': ('train.html#to_channels_last', 'medcl_nb/train.py'),
                                 'medcl_nb.train.use_channels_last': ('train.html#use_channels_last', 'medcl_nb/train.py')}}}

@@ -19,7 +19,7 @@ from .evaluate import PROBE_CS, as_label_vector, classification_metrics, collaps
 from .losses import nt_xent_loss
 from .models import small_stem_resnet
 from .optim import lars, warmup_cosine_scheduler
-from .train import (fit, batch_indices, use_channels_last, epoch_generator, autocast_context, add_epoch_end_cost, plan_active,
+from .train import (fit, batch_indices, use_channels_last, to_channels_last, epoch_generator, autocast_context, add_epoch_end_cost, plan_active,
                             plan_batches, plan_epochs)
 
 # %% auto #0
@@ -220,7 +220,7 @@ def fine_tune(encoder: nn.Module, splits: dict, n_classes: int, task: str, epoch
     encoder = copy.deepcopy(encoder).to(device)
     with seeded_rng(seed): head = nn.Linear(encoder.dim, n_classes).to(device)
     model = nn.ModuleDict({'encoder': encoder, 'head': head})
-    if use_channels_last(device): model.to(memory_format=torch.channels_last)   # as `fit` does (04_train)
+    if use_channels_last(device): to_channels_last(model)   # as `fit` does (04_train)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     per_epoch = math.ceil(len(x) / batch_size)
     every = per_epoch if epochs is not None else max(1, eval_every or per_epoch)

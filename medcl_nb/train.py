@@ -17,7 +17,8 @@ from .core import get_device, atomic_open, update_run_status
 __all__ = ['PROGRESS_MODES', 'SCHEDULER_INTERVALS', 'epoch_generator', 'batch_indices', 'autocast_context', 'needs_grad_scaler',
            'NonFiniteLossError', 'check_finite_loss', 'resolve_progress_mode', 'Progress', 'capture_rng_state',
            'restore_rng_state', 'save_checkpoint', 'load_checkpoint', 'PlanMeasurement', 'measuring_plan',
-           'plan_active', 'plan_epochs', 'plan_batches', 'add_epoch_end_cost', 'use_channels_last', 'fit']
+           'plan_active', 'plan_epochs', 'plan_batches', 'add_epoch_end_cost', 'use_channels_last', 'to_channels_last',
+           'fit']
 
 # %% ../nbs/04_train.ipynb #159c914d
 def epoch_generator(seed: int, epoch: int, device: str | torch.device = 'cpu') -> torch.Generator:
@@ -255,6 +256,13 @@ def use_channels_last(device: str | torch.device = 'cpu') -> bool:
         raise ValueError(f"MEDCL_CHANNELS_LAST={value!r}: set it to 1 (channels-last everywhere), 0 (nowhere) or leave it unset (CUDA only)")
     return value == '1' if value else torch.device(device).type == 'cuda'
 
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    "Put `model`'s 4-d weights (2-d convolutions) in channels-last order in place; 5-d video kernels and the rest stay as they are."
+    for p in model.parameters():
+        if not isinstance(p, torch.nn.parameter.UninitializedParameter) and p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+    return model
+
 # %% ../nbs/04_train.ipynb #a4b9ad28
 SCHEDULER_INTERVALS = ('epoch', 'step')
 _HISTORY_KEYS = ('epoch', 'loss', 'lr', 'steps', 'seconds', 'samples', 'samples_per_s')
@@ -277,8 +285,7 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
         raise ValueError(f"need epochs >= 0 and checkpoint_every >= 1, got {epochs} and {checkpoint_every}")
     device = get_device(device)
     model.to(device)
-    if use_channels_last(device) if channels_last is None else channels_last:
-        model.to(memory_format=torch.channels_last)   # 4-d weights only
+    if use_channels_last(device) if channels_last is None else channels_last: to_channels_last(model)
     amp_on = not isinstance(autocast_context(device, amp_dtype), nullcontext)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_on and needs_grad_scaler(amp_dtype))
     history, start, global_step = [], 0, 0
