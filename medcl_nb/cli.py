@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .core import (PROFILES, DEVICES, atomic_write_json, atomic_write_text, by_profile, clear_run_status,
-                           get_device, md5sum, output_dir, project_root, read_run_status, runs_dir)
+                           get_device, git_state, md5sum, output_dir, project_root, read_run_status, runs_dir)
 from .data import BOOK_DATASETS, DataError, dataset_files, dataset_status, fetch_dataset, mirror_dir
 # torch, nbformat and the report's pandas are imported where they are used: `medcl --help` and `medcl chapters`
 # answer in a fraction of a second (importing them all took 13-20 s on a loaded 2-core machine)
@@ -355,6 +355,23 @@ def _summary(report: list, profile: str) -> str:
     ok = sum(r['status'] == 'ok' for r in report)
     return f"== summary ({profile}): {ok} of {len(report)} chapter(s) ok\n" + '\n'.join(lines)
 
+def _mark_pending(chapter: str, profile: str, git: dict):
+    "Write `RECORD_PENDING` into the chapter's folder: its executed record is not written until this run finishes."
+    from medcl_nb.docs import RECORD_PENDING
+    atomic_write_text(output_dir(chapter, profile)/RECORD_PENDING,
+                      f"A {profile} run of {chapter} started at commit {git.get('git_commit') or 'unknown'} and has not finished: "
+                      f"`medcl reproduce {chapter} --profile {profile}` writes {chapter}.ipynb here and removes this file.\n")
+
+def _write_record(chapter: str, profile: str, executed: Path, git: dict) -> str:
+    "Write the chapter's executed record beside its results; `ChapterFailed` when it cannot be written. Its path, relative."
+    from medcl_nb.docs import write_record
+    try: path = write_record(chapter, profile, executed, git)
+    except (OSError, ValueError) as e: raise ChapterFailed(f"chapter {chapter!r} ran, but its executed record was not written: {e}") from None
+    if git.get('git_dirty') or not git.get('git_commit'):
+        print(f"medcl: the record {_rel(path)} was rendered from a tree with uncommitted changes (or outside git): "
+              "commit, then run the same command again so that it names a commit", file=sys.stderr, flush=True)
+    return _rel(path)
+
 def _interrupted(name, profile, report: list, row: dict) -> int:
     "Record the interrupted chapter, print the one line that says where it stood; 130 (the shell's code for Ctrl-C)."
     report.append(row)
@@ -393,6 +410,7 @@ def _run_chapters(chapters: dict, profile, seeds, device, stream, extra) -> int:
     if profile == 'smoke': print(SMOKE_WARNING)
     out_dir, figures = runs_dir()/profile/'executed', project_root()/'figures'
     before = _snapshot(figures) if profile != 'smoke' else {}
+    git = git_state() if profile != 'smoke' else {}   # the commit every record names: taken before this run writes anything
     report, failures, code = [], [], 0
     for name, notebook in chapters.items():
         todo, saved = seeds_to_run(name, profile, seeds), saved_results(name, profile) if profile != 'smoke' else {}
@@ -404,7 +422,10 @@ def _run_chapters(chapters: dict, profile, seeds, device, stream, extra) -> int:
         start, executed, error = time.perf_counter(), None, None
         row = {'chapter': name, 'profile': profile, 'seeds': seeds, 'seeds_run': todo, 'output_dir': str(output_dir(name, profile))}
         clear_run_status(name, profile)
-        try: executed, status = run_chapter(name, notebook, profile, seeds, device, out_dir, stream, extra), 'ok'
+        if profile != 'smoke': _mark_pending(name, profile, git)
+        try:
+            executed, status = run_chapter(name, notebook, profile, seeds, device, out_dir, stream, extra), 'ok'
+            if profile != 'smoke': row['record'] = _write_record(name, profile, executed, git)
         except ChapterInterrupted:
             kept = out_dir/f'{name}.interrupted.ipynb'
             row.update(status='interrupted', wall_time_s=round(time.perf_counter() - start, 1),
@@ -412,7 +433,7 @@ def _run_chapters(chapters: dict, profile, seeds, device, stream, extra) -> int:
             code = _interrupted(name, profile, report, row); break
         except ChapterFailed as e:
             failures.append(str(e)); status, error = 'FAILED', str(e)
-            executed = out_dir/f'{name}.failed.ipynb' if (out_dir/f'{name}.failed.ipynb').exists() else None
+            if executed is None and (out_dir/f'{name}.failed.ipynb').exists(): executed = out_dir/f'{name}.failed.ipynb'
         seconds = time.perf_counter() - start
         report.append({**row, 'status': status, 'wall_time_s': round(seconds, 1), 'error': error,
                        'executed_notebook': str(executed) if executed else None})

@@ -12,14 +12,17 @@ import pandas as pd
 from .core import committed_profiles, project_root
 
 # %% auto #0
-__all__ = ['MINUS', 'PAPER_TABLE_COLUMNS', 'SHOW_RESULTS_CALL', 'SOLUTION_START', 'SOLUTION_END', 'ILLUSTRATION_TAG',
+__all__ = ['MINUS', 'PAPER_TABLE_COLUMNS', 'RECORD_LIMIT_BYTES', 'STREAM_LIMIT_CHARS', 'RECORD_PENDING', 'MACHINE_PATH',
+           'READING_KEY', 'SHOW_RESULTS_CALL', 'SOLUTION_START', 'SOLUTION_END', 'ILLUSTRATION_TAG',
            'ILLUSTRATION_NOTE', 'FOLD_LINES', 'KATEX_PLACES', 'KATEX_FILES', 'KATEX_HELP', 'MATH_JS', 'SEARCH_JS',
            'PAGE_STYLE', 'BOOK_PARTS', 'fmt_number', 'human_title', 'markdown_table_html', 'paper_table_html',
-           'chapter_status', 'status_badge', 'run_variants', 'variant_of_file', 'figure_caption', 'committed_files',
+           'chapter_status', 'status_badge', 'run_variants', 'variant_of_file', 'figure_caption', 'record_path',
+           'machine_strings', 'scrub_machine', 'clean_record', 'write_record', 'record_url', 'committed_files',
            'markdown_table_text', 'png_display_width', 'committed_results_html', 'show_committed_results',
-           'results_chapter', 'fill_committed_results', 'front_matter', 'illustration_cells', 'render_illustrations',
-           'illustrations_file', 'fill_illustrations', 'render_page', 'find_katex', 'copy_katex', 'search_entries',
-           'site_css', 'book_part', 'short_title', 'render_site', 'prepare_illustrations', 'build_site']
+           'committed_reading', 'reading_label', 'reading_markdown', 'show_reading', 'results_chapter',
+           'fill_committed_results', 'front_matter', 'illustration_cells', 'render_illustrations', 'illustrations_file',
+           'fill_illustrations', 'render_page', 'find_katex', 'copy_katex', 'search_entries', 'site_css', 'book_part',
+           'short_title', 'render_site', 'prepare_illustrations', 'build_site']
 
 # %% ../nbs/06b_docs.ipynb #467f58d5
 MINUS = '\u2212'   # a real minus sign: '-0.105' reads as a hyphen in most fonts
@@ -190,6 +193,87 @@ def figure_caption(stem: str, profile: str, seeds, variant: str | None = None, o
     seeds = ', '.join(str(s) for s in seeds) or 'not recorded'
     return f'{what}. {protocol[:1].upper()}{protocol[1:]}; {profile} profile; run of seeds {seeds}.'
 
+# %% ../nbs/06b_docs.ipynb #9259d229
+RECORD_LIMIT_BYTES = 5_000_000     # one executed record, its PNGs included
+STREAM_LIMIT_CHARS = 20_000        # what one cell printed, kept as head and tail beyond this
+RECORD_PENDING = 'RECORD_PENDING'  # in figures/<chapter>/<profile>/ while a run's record is not written yet
+MACHINE_PATH = re.compile(r"(?<![\w.~<>+/-])/(?:home|root|work|Users|tmp|mnt|opt|srv|var|usr|private|scratch|media)/[^\s\"'<>)\]},;]*")
+
+def record_path(chapter: str, profile: str, root: str | Path | None = None) -> Path:
+    "The executed record of a committed run: `figures/<chapter>/<profile>/<chapter>.ipynb`."
+    return (Path(root) if root else project_root())/'figures'/chapter/profile/f'{chapter}.ipynb'
+
+def machine_strings() -> dict:
+    "{text that names this machine: what a record shows instead}, longest first: project folder, environment, home, temp."
+    import tempfile
+    pairs = {str(project_root()): '.', sys.prefix: '<venv>', sys.base_prefix: '<python>', str(Path.home()): '~',
+             tempfile.gettempdir(): '<tmp>'}
+    return dict(sorted(((k, v) for k, v in pairs.items() if len(k) > 1), key=lambda kv: -len(kv[0])))
+
+def scrub_machine(text: str) -> str:
+    "`text` with this machine's folders, its host name (a whole word) and any other absolute path replaced."
+    import socket
+    for k, v in machine_strings().items(): text = text.replace(k, v)
+    for host in {socket.gethostname(), socket.getfqdn()} - {'', 'localhost'}:
+        text = re.sub(rf'(?<![\w.-]){re.escape(host)}(?![\w-])', '<host>', text)
+    return MACHINE_PATH.sub('<path>', text)
+
+# %% ../nbs/06b_docs.ipynb #1c4807a5
+def _bounded(text: str, limit: int = STREAM_LIMIT_CHARS) -> str:
+    if len(text) <= limit: return text
+    cut = len(text) - limit
+    return text[:limit // 2] + f"\n… [{cut} characters of this cell's output are left out of the record] …\n" + text[-limit // 2:]
+
+def _clean_output(o: dict) -> dict | None:
+    "One output as a record keeps it: widget views dropped, text scrubbed and bounded; None when nothing is left."
+    o = json.loads(json.dumps(o))
+    if 'text' in o: o['text'] = _bounded(scrub_machine(''.join(o['text']) if isinstance(o['text'], list) else o['text']))
+    if 'traceback' in o: o['traceback'] = [scrub_machine(l) for l in o['traceback']]
+    if 'evalue' in o: o['evalue'] = scrub_machine(o['evalue'])
+    if 'data' in o:
+        o['data'] = {k: (v if k.startswith('image/') and k != 'image/svg+xml' else
+                         _bounded(scrub_machine(''.join(v) if isinstance(v, list) else v)) if isinstance(v, (str, list)) else v)
+                     for k, v in o['data'].items() if 'jupyter.widget' not in k}
+        if not o['data']: return None
+    if 'metadata' in o: o['metadata'] = json.loads(scrub_machine(json.dumps(o['metadata'])))
+    return o
+
+def clean_record(nb: dict, chapter: str, profile: str, git: dict) -> dict:
+    "An executed notebook (papermill's JSON) as a committed record: outputs kept, machine traces and widgets gone, `medcl` metadata."
+    nb = json.loads(json.dumps(nb))
+    params = nb.get('metadata', {}).get('papermill', {}).get('parameters', {})
+    nb['metadata'] = {k: v for k, v in nb.get('metadata', {}).items() if k in ('kernelspec', 'language_info')}
+    nb['metadata']['medcl'] = {'chapter': chapter, 'profile': profile, 'parameters': json.loads(scrub_machine(json.dumps(params))),
+                               'git_commit': git.get('git_commit'), 'git_dirty': git.get('git_dirty')}
+    for cell in nb['cells']:
+        cell['metadata'] = {k: v for k, v in cell.get('metadata', {}).items() if k not in ('papermill', 'execution', 'widgets')}
+        if 'injected-parameters' in cell['metadata'].get('tags', []): cell['id'] = 'injected-parameters'   # papermill's id is random
+        if 'outputs' in cell: cell['outputs'] = [c for c in map(_clean_output, cell['outputs']) if c is not None]
+    return nb
+
+# %% ../nbs/06b_docs.ipynb #52196d6a
+def write_record(chapter: str, profile: str, executed: str | Path, git: dict, root: str | Path | None = None) -> Path:
+    "Write the executed notebook `executed` as the chapter's record (`record_path`), remove `RECORD_PENDING`; ValueError over the limit."
+    from medcl_nb.core import atomic_write_text
+    nb = clean_record(json.loads(Path(executed).read_text(encoding='utf-8')), chapter, profile, git)
+    text = json.dumps(nb, indent=1, ensure_ascii=False) + '\n'
+    size = len(text.encode('utf-8'))
+    if size > RECORD_LIMIT_BYTES:
+        raise ValueError(f"the executed record of {chapter} ({profile}) would take {size / 1e6:.1f} MB, over the "
+                         f"{RECORD_LIMIT_BYTES / 1e6:.0f} MB a record may take: save fewer or smaller figures")
+    path = atomic_write_text(record_path(chapter, profile, root), text)
+    (path.parent/RECORD_PENDING).unlink(missing_ok=True)
+    return path
+
+def record_url(chapter: str, profile: str, root: str | Path | None = None) -> str:
+    "The record's address on the code host (`git_url` and `branch` of settings.ini), which renders notebooks; else its path."
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read((Path(root) if root else project_root())/'settings.ini')
+    rel = f'figures/{chapter}/{profile}/{chapter}.ipynb'
+    url, branch = cfg.get('DEFAULT', 'git_url', fallback=''), cfg.get('DEFAULT', 'branch', fallback='main')
+    return f"{url.rstrip('/')}/blob/{branch}/{rel}" if url else rel
+
 # %% ../nbs/06b_docs.ipynb #2c1961d1
 def _provenance_html(summary: dict, status: dict) -> str:
     seeds = ', '.join(str(s) for s in summary.get('seeds', []))
@@ -251,6 +335,17 @@ def _figure_html(png: Path, caption: str) -> str:
             f'{f" width={width}" if width else ""}>'
             f'<figcaption>{html.escape(caption)} <span class="muted">({png.name})</span></figcaption></figure>')
 
+def _record_html(chapter: str, profile: str, root=None) -> str:
+    "A line linking the executed record of the committed run, or saying that it is not rendered yet."
+    path = record_path(chapter, profile, root)
+    if path.is_file():
+        return (f'<p class="record">The whole chapter as this run executed it, every table and figure with its reading: '
+                f'<a href="{html.escape(record_url(chapter, profile, root))}">the executed record</a> '
+                f'(<code>figures/{chapter}/{profile}/{chapter}.ipynb</code>).</p>')
+    why = 'the run is not finished' if (path.parent/RECORD_PENDING).exists() else 'not rendered yet'
+    return (f'<p class="record">Executed record: {why} (<code>medcl reproduce {chapter} --profile {profile}</code> '
+            'writes it, training nothing once every part is saved).</p>')
+
 def committed_results_html(chapter: str, root: str | Path | None = None) -> str:
     """One HTML block: status and provenance, then the tables and figures of the largest committed profile of
     `figures/<chapter>/`, the chapter's protocol first and each variant folded below it (or a line saying there are none)."""
@@ -275,7 +370,7 @@ def committed_results_html(chapter: str, root: str | Path | None = None) -> str:
         parts += [_figure_html(png, figure_caption(png.stem, profile, seeds(v) or seeds(None), v, variants.get(v)))
                   for png in figures if of(png) == v]
         return parts
-    parts = [head, _provenance_html(_committed_provenance(folder), status), *section(None)]
+    parts = [head, _provenance_html(_committed_provenance(folder), status), _record_html(chapter, profile, root), *section(None)]
     for v, overrides in variants.items():
         inner = section(v)
         if inner:
@@ -288,6 +383,50 @@ def show_committed_results(chapter: str, root: str | Path | None = None):
     "Display what `figures/<chapter>/` holds: provenance, tables and figures of its largest committed profile."
     from IPython.display import HTML, display
     display(HTML(committed_results_html(chapter, root)))
+
+# %% ../nbs/06b_docs.ipynb #16876a36
+READING_KEY = 'medcl_reading'   # output metadata: {'key': ..., 'text': ...} of a reading shown by `show_reading`
+
+def committed_reading(chapter: str, key: str, root: str | Path | None = None) -> dict | None:
+    """The reading `key` of the largest committed run whose record is rendered: {'profile', 'seeds', 'text'}, 'text'
+    None when that record holds no such reading; None when no record is committed."""
+    for profile in reversed(committed_profiles(chapter, root)):
+        path = record_path(chapter, profile, root)
+        if not path.is_file(): continue
+        nb = json.loads(path.read_text(encoding='utf-8'))
+        found = {'profile': profile, 'seeds': nb['metadata'].get('medcl', {}).get('parameters', {}).get('seeds'), 'text': None}
+        for cell in nb['cells']:
+            for o in cell.get('outputs', []):
+                m = o.get('metadata', {}).get(READING_KEY)
+                if isinstance(m, dict) and m.get('key') == key: return {**found, 'text': m.get('text')}
+        return found
+    return None
+
+def _seeds_words(seeds) -> str:
+    seeds = list(seeds or [])
+    return f"seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}" if seeds else 'seeds not recorded'
+
+def reading_label(profile: str, seeds, committed: bool = False) -> str:
+    "The bold label of a reading: the committed run's, or this run's (and in smoke, that it is no paper comparison)."
+    if committed: return f"**Committed run, {profile} profile** ({_seeds_words(seeds)}; from its executed record):"
+    if profile == 'smoke': return f"**This run, smoke profile** ({_seeds_words(seeds)}; tiny subsets, one epoch: not the committed results):"
+    return f"**This run, {profile} profile** ({_seeds_words(seeds)}; the run `figures/` keeps):"
+
+def reading_markdown(chapter: str, profile: str, seeds, key: str, text: str, root=None) -> list[str]:
+    "The Markdown blocks `show_reading` displays: in a profile that is not the largest committed one, the committed reading first."
+    blocks, largest = [], (committed_profiles(chapter, root) or [None])[-1]
+    if profile != largest:
+        c = committed_reading(chapter, key, root)
+        blocks.append(f"{reading_label(c['profile'], c['seeds'], committed=True)}\n\n{c['text']}" if c and c['text'] else
+                      f"*Committed run: {'no reduced or full run of this chapter is committed' if largest is None else 'its executed record is not rendered yet' if c is None else 'its executed record holds no reading of this cell'}; only this run's reading follows.*")
+    return blocks + [f"{reading_label(profile, seeds)}\n\n{text}"]
+
+def show_reading(chapter: str, profile: str, seeds, key: str, text: str, root=None):
+    "Display a result (Markdown `text`: a table, a generated reading) labelled with the run it reads; see `reading_markdown`."
+    from IPython.display import Markdown, display
+    *before, own = reading_markdown(chapter, profile, seeds, key, text, root)
+    for b in before: display(Markdown(b))
+    display(Markdown(own), metadata={READING_KEY: {'key': key, 'text': text}})
 
 # %% ../nbs/06b_docs.ipynb #34124adb
 SHOW_RESULTS_CALL = re.compile(r"""^\s*show_committed_results\(\s*['"](\w+)['"]\s*\)\s*$""")

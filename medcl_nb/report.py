@@ -19,10 +19,10 @@ from .core import (PROFILES, atomic_write_bytes, atomic_write_json, atomic_write
 __all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'LEARNING_DATA_COLUMNS', 'VERDICTS', 'LEARNING_VERDICTS',
            'SCALE_VERDICT', 'ALL_VERDICTS', 'LEDGER_PROFILES', 'PaperRegistry', 'results_dir', 'save_seed_result',
            'finished_seeds', 'seeds_to_run', 'load_results', 'mean_sd', 'format_mean_sd', 'comparison_table',
-           'markdown_table', 'write_table', 'show_table', 'save_figure', 't_interval', 'claim_verdict',
-           'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading', 'against_baselines',
-           'learning_check', 'require_learning', 'require_no_collapse', 'write_summary', 'book_overview',
-           'committed_claims', 'claims_ledger', 'learning_overview']
+           'markdown_table', 'write_table', 'table_markdown', 'show_table', 'save_figure', 't_interval',
+           'claim_verdict', 'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading',
+           'against_baselines', 'learning_check', 'require_learning', 'require_no_collapse', 'write_summary',
+           'book_overview', 'committed_claims', 'claims_ledger', 'learning_overview']
 
 # %% ../nbs/05_report.ipynb #dcc850b6
 @dataclass
@@ -162,10 +162,14 @@ def write_table(df: pd.DataFrame, chapter: str, profile: str, name: str, title: 
     md = atomic_write_text(out/f'{name}.md', header + markdown_table(df, columns))
     return {'csv': csv, 'md': md}
 
+def table_markdown(df: pd.DataFrame, title: str = '') -> str:
+    "The comparison table as Markdown, its title in bold above it: what `show_table` displays."
+    return (f"**{title}**\n\n" if title else '') + markdown_table(df, DISPLAY_COLUMNS)
+
 def show_table(df: pd.DataFrame, title: str = ''):
     "Display the comparison table in the notebook (as Markdown, so it renders in JupyterLab and in the docs)."
     from IPython.display import Markdown, display
-    display(Markdown((f"**{title}**\n\n" if title else '') + markdown_table(df, DISPLAY_COLUMNS)))
+    display(Markdown(table_markdown(df, title)))
 
 # %% ../nbs/05_report.ipynb #d82c0f92
 def save_figure(fig, chapter: str, profile: str, name: str, dpi: int = 150) -> Path:
@@ -388,6 +392,12 @@ def write_summary(paper: PaperRegistry, results: list[dict], title: str, data: s
                'devices': sorted({r['provenance'].get('device') or '' for r in results})}
     return atomic_write_json(output_dir(paper.chapter, profile)/'summary.json', summary)
 
+def _record_link(root: Path, chapter: str, profile: str) -> str:
+    "A link to the run's executed record (`figures/<chapter>/<profile>/<chapter>.ipynb`), 'pending' while its run is unfinished, else ''."
+    folder = root/'figures'/chapter/profile
+    if (folder/f'{chapter}.ipynb').is_file(): return f'[{chapter}.ipynb](figures/{chapter}/{profile}/{chapter}.ipynb)'
+    return 'pending' if (folder/'RECORD_PENDING').exists() else ''
+
 def book_overview(root: str | Path | None = None, planned: dict | None = None) -> str:
     "Markdown table of every chapter's largest committed profile (`figures/*/<profile>/summary.json`), plus a line for each `planned` chapter without one."
     root = Path(root) if root else project_root()
@@ -399,10 +409,10 @@ def book_overview(root: str | Path | None = None, planned: dict | None = None) -
               'seeds': len(s['seeds']), 'device': ', '.join(s['devices']),
               'headline': f"{s['headline']['row']}: {s['headline']['metric']}",
               'paper': s['headline']['paper'], 'ours': s['headline']['ours'], 'Δ': s['headline']['delta'],
-              'status': s['status']} for s in summaries]
+              'status': s['status'], 'executed record': _record_link(root, s['chapter'], s['profile'])} for s in summaries]
     done = {s['chapter'] for s in summaries}
     lines += [{'chapter': chapter, 'compared with': source, 'data': data, 'profile': '', 'seeds': 0, 'device': '',
-               'headline': '', 'paper': '', 'ours': '', 'Δ': '', 'status': 'smoke-tested; not run in reduced or full yet'}
+               'headline': '', 'paper': '', 'ours': '', 'Δ': '', 'status': 'smoke-tested; not run in reduced or full yet', 'executed record': ''}
               for chapter, (source, data) in (planned or {}).items() if chapter not in done]
     if not lines: return '_No reduced or full results are committed yet: run `medcl reproduce --profile reduced`._\n'
     return markdown_table(pd.DataFrame(lines))

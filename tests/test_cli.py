@@ -386,3 +386,25 @@ def test_kernel_over_ipc_sends_no_tcp_warning(project):
                        text=True, env={**os.environ, 'MEDCL_HOME': str(project)})
     assert r.returncode == 0, r
     assert 'TCP' not in r.stderr and 'IProgress' not in r.stderr, r.stderr
+
+
+# --- the executed record of a committed run (issue 27) -----------------------------------------------------------
+
+def test_a_finished_run_writes_its_executed_record_beside_its_results(project):
+    fake_chapter(project, 'fake', body=FAKE_BODY.format(fail='pass') + "\nimport os, sys\nprint('saved under', os.getcwd(), sys.prefix)")
+    assert main(['reproduce', 'fake', '--profile', 'full', '--seeds', '0', '--device', 'cpu']) == 0
+    record = project/'figures/fake/full/fake.ipynb'
+    text = record.read_text()
+    nb = json.loads(text)
+    assert nb['metadata']['medcl']['profile'] == 'full' and 'git_commit' in nb['metadata']['medcl']
+    assert nb['metadata']['medcl']['parameters']['seeds'] == [0] and 'papermill' not in nb['metadata']
+    assert any('saved under ./nbs <venv>' in ''.join(o.get('text', '')) for c in nb['cells'] for o in c.get('outputs', []))
+    assert str(project) not in text and sys.prefix not in text
+    assert not (project/'figures/fake/full/RECORD_PENDING').exists()
+    assert json.loads((project/'runs/full/last_run.json').read_text())[0]['record'] == 'figures/fake/full/fake.ipynb'
+
+
+def test_a_failed_run_leaves_its_record_pending(project):
+    fake_chapter(project, 'broken', fail="raise ValueError('the loss exploded')")
+    assert main(['reproduce', 'broken', '--profile', 'full', '--seeds', '0', '--device', 'cpu']) == 1
+    assert (project/'figures/broken/full/RECORD_PENDING').exists() and not (project/'figures/broken/full/broken.ipynb').exists()
