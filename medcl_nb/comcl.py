@@ -24,7 +24,7 @@ __all__ = ['MAX_SPOTS', 'DEGRADATIONS', 'PATCH_FRACTION', 'ARTEFACT_TOLERANCE', 
            'self_paced_mask', 'multilevel_loss', 'negatives_per_pair', 'patch_sets', 'level_pools', 'draw',
            'level_batch', 'pretrain_steps', 'pretrain_comcl', 'input_saliency']
 
-# %% ../nbs/13_comcl.ipynb #0ea6e9ad
+# %% ../nbs/13_comcl.ipynb #802e9c92
 def _u(g, n, lo, hi): return lo + (hi - lo) * torch.rand(n, generator=g)
 
 MAX_SPOTS = 4
@@ -52,6 +52,7 @@ def degrade_fundus(x: torch.Tensor, g: torch.Generator, with_spots: bool = True)
         if with_spots: spots[n_spots > k, k] = torch.stack([cx, cy, r], 1)[n_spots > k]   # where the spot went: the checks need it
     return x.clamp(0, 1), spots
 
+# %% ../nbs/13_comcl.ipynb #49894c0f
 def degrade_xray(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     "Contrast loss, blur and noise on float X-ray images (N, C, H, W) in [0, 1]; returns (images, spots (N, 0, 3)): no local artefacts."
     n, dev = len(x), x.device
@@ -65,6 +66,7 @@ def degrade_xray(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, tor
 
 DEGRADATIONS = {'fundus': degrade_fundus, 'xray': degrade_xray}
 
+# %% ../nbs/13_comcl.ipynb #dc610640
 def make_low_quality(images: torch.Tensor, share: float, kind: str, seed: int, return_artefacts: bool = False) -> tuple:
     "Degrade a random `share` of uint8 images (seeded): (uint8 images, quality 1 = low / 0 = high[, artefact spots (N, A, 3), NaN if none])."
     if kind not in DEGRADATIONS: raise ValueError(f"kind must be one of {list(DEGRADATIONS)}, not {kind!r}")
@@ -80,7 +82,7 @@ def make_low_quality(images: torch.Tensor, share: float, kind: str, seed: int, r
         out[idx] = (degraded * 255).round().byte()
     return (out, low.long().to(images.device)) + ((spots,) if return_artefacts else ())
 
-# %% ../nbs/13_comcl.ipynb #e88a4111
+# %% ../nbs/13_comcl.ipynb #429b62c8
 PATCH_FRACTION = 0.5
 
 def detector_region(images: torch.Tensor) -> torch.Tensor:
@@ -105,6 +107,7 @@ def detect_lesions(images: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torc
     w = r.shape[-1]
     return torch.stack([flat % w, flat // w], -1).float(), conf
 
+# %% ../nbs/13_comcl.ipynb #20bc21f2
 def crop_patches(images: torch.Tensor, centres: torch.Tensor, fraction: float = PATCH_FRACTION, out: int = 28) -> torch.Tensor:
     "Square patches (side = fraction of the image) around `centres` (N, 2), kept inside the image, resized to `out` px."
     from torchvision.ops import roi_align
