@@ -14,15 +14,17 @@ import kornia
 from .augment import to_float_images
 from .evaluate import auc_se
 from .simclr import to_network_input
+from .train import fit
 
 # %% auto #0
-__all__ = ['MAX_SPOTS', 'DEGRADATIONS', 'PATCH_FRACTION', 'ARTEFACT_TOLERANCE', 'RULE_Z', 'LEVEL_PAIRS', 'degrade_fundus',
-           'degrade_xray', 'make_low_quality', 'detector_region', 'lesion_response', 'detect_lesions', 'crop_patches',
-           'random_centres', 'random_region_points', 'artefact_hits', 'auc_interval', 'added_separation',
-           'trivial_statistics', 'detector_checks', 'hard_negative_count', 'level_infonce', 'self_paced_mask',
-           'multilevel_loss', 'grad_cam']
+__all__ = ['MAX_SPOTS', 'DEGRADATIONS', 'PATCH_FRACTION', 'ARTEFACT_TOLERANCE', 'RULE_Z', 'LEVEL_PAIRS', 'LEVELS',
+           'degrade_fundus', 'degrade_xray', 'make_low_quality', 'detector_region', 'lesion_response', 'detect_lesions',
+           'crop_patches', 'random_centres', 'random_region_points', 'artefact_hits', 'auc_interval',
+           'added_separation', 'trivial_statistics', 'detector_checks', 'hard_negative_count', 'level_infonce',
+           'self_paced_mask', 'multilevel_loss', 'negatives_per_pair', 'patch_sets', 'level_pools', 'draw',
+           'level_batch', 'pretrain_steps', 'pretrain_comcl', 'input_saliency']
 
-# %% ../nbs/13_comcl.ipynb #0ea6e9ad
+# %% ../nbs/13_comcl.ipynb #802e9c92
 def _u(g, n, lo, hi): return lo + (hi - lo) * torch.rand(n, generator=g)
 
 MAX_SPOTS = 4
@@ -50,6 +52,7 @@ def degrade_fundus(x: torch.Tensor, g: torch.Generator, with_spots: bool = True)
         if with_spots: spots[n_spots > k, k] = torch.stack([cx, cy, r], 1)[n_spots > k]   # where the spot went: the checks need it
     return x.clamp(0, 1), spots
 
+# %% ../nbs/13_comcl.ipynb #49894c0f
 def degrade_xray(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     "Contrast loss, blur and noise on float X-ray images (N, C, H, W) in [0, 1]; returns (images, spots (N, 0, 3)): no local artefacts."
     n, dev = len(x), x.device
@@ -63,6 +66,7 @@ def degrade_xray(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, tor
 
 DEGRADATIONS = {'fundus': degrade_fundus, 'xray': degrade_xray}
 
+# %% ../nbs/13_comcl.ipynb #dc610640
 def make_low_quality(images: torch.Tensor, share: float, kind: str, seed: int, return_artefacts: bool = False) -> tuple:
     "Degrade a random `share` of uint8 images (seeded): (uint8 images, quality 1 = low / 0 = high[, artefact spots (N, A, 3), NaN if none])."
     if kind not in DEGRADATIONS: raise ValueError(f"kind must be one of {list(DEGRADATIONS)}, not {kind!r}")
@@ -78,7 +82,7 @@ def make_low_quality(images: torch.Tensor, share: float, kind: str, seed: int, r
         out[idx] = (degraded * 255).round().byte()
     return (out, low.long().to(images.device)) + ((spots,) if return_artefacts else ())
 
-# %% ../nbs/13_comcl.ipynb #e88a4111
+# %% ../nbs/13_comcl.ipynb #429b62c8
 PATCH_FRACTION = 0.5
 
 def detector_region(images: torch.Tensor) -> torch.Tensor:
@@ -103,6 +107,7 @@ def detect_lesions(images: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torc
     w = r.shape[-1]
     return torch.stack([flat % w, flat // w], -1).float(), conf
 
+# %% ../nbs/13_comcl.ipynb #20bc21f2
 def crop_patches(images: torch.Tensor, centres: torch.Tensor, fraction: float = PATCH_FRACTION, out: int = 28) -> torch.Tensor:
     "Square patches (side = fraction of the image) around `centres` (N, 2), kept inside the image, resized to `out` px."
     from torchvision.ops import roi_align
@@ -229,17 +234,65 @@ def multilevel_loss(embed, views: dict, pairs, temperature: float = 0.07, step: 
         total, parts[f'{m}-{n}'] = total + term, term.item()
     return total, parts
 
-# %% ../nbs/13_comcl.ipynb #866acf60
-def grad_cam(encoder: nn.Module, head: nn.Module, images: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    "Grad-CAM maps (N, H, W) in [0, 1] for the predicted class, from the output of `layer`."
-    store = {}
-    hook = layer.register_forward_hook(lambda m, i, o: store.__setitem__('a', o))
+# %% ../nbs/13_comcl.ipynb #0e8c9df6
+LEVELS = ('L', 'Lq', 'H', 'Hq')   # CoMCL's four patch sets: lesion / healthy, high / low quality
+
+def negatives_per_pair(pretrain_batch: int) -> int:
+    "δ: patches drawn per level, hence negatives per level pair, for every variant: a quarter of the batch (CoMCL's four levels)."
+    return max(1, pretrain_batch // len(LEVELS))
+
+def patch_sets(x: torch.Tensor, lesion: torch.Tensor, quality: torch.Tensor, centres: torch.Tensor) -> tuple:
+    "Each image's patch at its box (N, C, 28, 28), and the level masks (N,) bool: L, Lq, H, Hq, and Lall, Hall (either quality)."
+    sets = {'L': lesion & (quality == 0), 'Lq': lesion & (quality == 1), 'H': ~lesion & (quality == 0), 'Hq': ~lesion & (quality == 1)}
+    return crop_patches(x, centres), {**sets, 'Lall': lesion, 'Hall': ~lesion}
+
+def level_pools(sets: dict, pairs) -> tuple[list, dict]:
+    "The pairs whose two levels both have images, and each of their levels' image indices; ValueError if no pair is left."
+    kept = [(m, n) for m, n in pairs if sets[m].any() and sets[n].any()]   # a share of 100 % has no high-quality images
+    if not kept: raise ValueError(f"CoMCL needs images in both levels of a pair of {pairs}, but this split has "
+                                  + ', '.join(f'{l} {int(s.sum())}' for l, s in sets.items()) + ': lower the low-quality share or add images')
+    return kept, {lvl: sets[lvl].nonzero()[:, 0] for lvl in sorted({lvl for pair in kept for lvl in pair})}
+
+def draw(pool: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    "n indices (n,) from `pool` (M,), distinct when M >= n, drawn with replacement otherwise."
+    pick = torch.randperm(len(pool), generator=g)[:n] if len(pool) >= n else torch.randint(0, len(pool), (n,), generator=g)
+    return pool[pick.to(pool.device)]
+
+def level_batch(patches: torch.Tensor, pools: dict, per_level: int, augment, g: torch.Generator) -> dict:
+    "One step's views: {level: (view 1, view 2)}, each (per_level, C, H, W), two augmentations of the same drawn patches."
+    return {lvl: (augment(patches[i]), augment(patches[i])) for lvl, i in ((l, draw(p, per_level, g)) for l, p in pools.items())}
+
+# %% ../nbs/13_comcl.ipynb #009cbe97
+def pretrain_steps(net: nn.Module, batch, loss, steps: int, seed: int, device, lr: float = 1e-3, weight_decay: float = 1e-4,
+                   steps_per_round: int = 16, desc: str = 'pretrain') -> list[dict]:
+    "`steps` Adam steps (constant lr) of `loss(net, batch(g), step)`; rounds of `steps_per_round`, the last cut short; `fit`'s history."
+    def batches(r):
+        g = torch.Generator().manual_seed(seed * 7919 + r)
+        for s in range(min(steps_per_round, steps - r * steps_per_round)): yield r * steps_per_round + s, batch(g)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    return fit(net, lambda m, b: loss(m, b[1], b[0]), batches, math.ceil(steps / steps_per_round), opt, device=device, desc=desc)
+
+def pretrain_comcl(net: nn.Module, patches: torch.Tensor, sets: dict, pairs, self_paced: bool, augment, per_level: int,
+                   steps: int, seed: int, device, temperature: float = 0.07, desc: str | None = None, **loop) -> dict:
+    "Multi-level pretraining (Eqs. 1-3) of `net` in place, `per_level` patches per level and step; returns the pairs kept and δ."
+    kept, pools = level_pools(sets, pairs)
+    pretrain_steps(net, lambda g: level_batch(patches, pools, per_level, augment, g),
+                   lambda m, views, step: multilevel_loss(m, views, kept, temperature, step, steps, self_paced), steps, seed, device,
+                   desc=desc or f'CoMCL {kept}', **loop)
+    return {'level_pairs': ', '.join(f'{m}-{n}' for m, n in kept), 'negatives_per_pair': per_level}
+
+# %% ../nbs/13_comcl.ipynb #793ad109
+def input_saliency(encoder: nn.Module,    # image -> features, e.g. a fine-tuned `SimCLRNet.encoder`
+                   head: nn.Module,       # features -> class logits (N, K)
+                   images: torch.Tensor,  # uint8 or [0, 1] float images (N, C, H, W)
+                  ) -> torch.Tensor:      # (N, H, W) in [0, 1], each map's maximum 1 (0 where the gradient vanishes)
+    "|∂ logit of the predicted class / ∂ pixel|, max over channels, at image resolution (Simonyan et al. 2014)."
+    was = encoder.training, head.training
+    encoder.eval(); head.eval()
     try:
-        encoder.eval(); head.eval()
-        logits = head(encoder(to_network_input(images)))
+        x = to_float_images(images).detach().clone().requires_grad_(True)
+        logits = head(encoder(to_network_input(x)))
         score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-        grads = torch.autograd.grad(score, store['a'])[0]
-    finally: hook.remove()
-    cam = F.relu((grads.mean((2, 3), keepdim=True) * store['a']).sum(1, keepdim=True))
-    cam = F.interpolate(cam, size=images.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
-    return (cam / cam.flatten(1).amax(1).clamp(min=1e-8)[:, None, None]).detach()
+        grad = torch.autograd.grad(score, x)[0].abs().amax(1)
+    finally: encoder.train(was[0]); head.train(was[1])
+    return (grad / grad.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]).detach()

@@ -21,8 +21,8 @@ __all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'LEARNING_D
            'finished_seeds', 'seeds_to_run', 'load_results', 'mean_sd', 'format_mean_sd', 'comparison_table',
            'markdown_table', 'write_table', 'table_markdown', 'show_table', 'save_figure', 't_interval',
            'claim_verdict', 'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading',
-           'against_baselines', 'learning_check', 'require_learning', 'require_no_collapse', 'write_summary',
-           'book_overview', 'committed_claims', 'claims_ledger', 'learning_overview']
+           'against_baselines', 'learning_check', 'require_learning', 'require_no_collapse', 'require_above_majority',
+           'write_summary', 'book_overview', 'committed_claims', 'claims_ledger', 'learning_overview']
 
 # %% ../nbs/05_report.ipynb #dcc850b6
 @dataclass
@@ -350,7 +350,8 @@ ALL_VERDICTS = VERDICTS + ('not testable here', SCALE_VERDICT)   # 'here': the d
 
 def _untestable(claim: dict, why: str) -> dict:
     if claim.get('verdict') in ('not run', 'not testable here'): return claim
-    return {**claim, 'verdict': SCALE_VERDICT, 'judged on': '; '.join(x for x in (claim.get('judged on', ''), why) if x)}
+    reasons = [x for x in claim.get('judged on', '').split('; ') + why.split('; ') if x]
+    return {**claim, 'verdict': SCALE_VERDICT, 'judged on': '; '.join(dict.fromkeys(reasons))}   # a reason given twice, once
 
 def require_learning(claim: dict,              # a `claim_verdict` output (with its 'claim' sentence)
                      checks: pd.DataFrame,     # `learning_check` of the chapter
@@ -372,6 +373,22 @@ def require_no_collapse(claim: dict, results: list[dict], rows: list) -> dict:
     hits = [f"{row} collapsed in seed {r['seed']} (one class for {v.get('top_share', math.nan):.0%} of the images)"
             for r in results for row, v in r['rows'].items() if row in rows and v.get('collapsed', 0) >= 0.5]
     return _untestable(claim, '; '.join(hits)) if hits else claim
+
+# %% ../nbs/05_report.ipynb #ba5adbaa
+def require_above_majority(claim: dict,           # a `claim_verdict` output (with its 'claim' sentence)
+                           results: list[dict],   # per-seed results of one profile (`load_results`)
+                           rows: list,            # the rows the claim rests on, at the majority row's dataset and share
+                           majority_row: str,     # the majority-class row of that dataset and share
+                           metric: str = 'kappa', confidence: float = 0.95) -> dict:
+    "The claim as it is if every row is uncollapsed and its paired interval against `majority_row` lies above 0; otherwise 'not testable at this scale' with each failing row's Δ."
+    claim, low = require_no_collapse(claim, results, rows), []
+    for row in rows:
+        v = claim_verdict(results, row, majority_row, metric, confidence=confidence)
+        if v['verdict'] == 'reproduced': continue
+        delta = 'no seed has both rows' if v['n'] == 0 else ' '.join(
+            x for x in (f"{v['mean_delta']:+.3f}", format_interval(v['ci_low'], v['ci_high']) or f"(n={v['n']}, no interval)") if x)
+        low.append(f"{row} not clearly above {majority_row} (Δ {metric} {delta})")
+    return _untestable(claim, '; '.join(low)) if low else claim
 
 # %% ../nbs/05_report.ipynb #53f50b72
 def write_summary(paper: PaperRegistry, results: list[dict], title: str, data: str, status: str = '') -> Path | None:

@@ -175,3 +175,50 @@ def test_detector_beats_chance_on_retina_only(checks):
     # the chapter claims lesion-level results on RetinaMNIST only; on PneumoniaMNIST the DoG peaks sit in normal lungs
     assert checks['retinamnist']['AUC low'] > 0.5
     assert checks['pneumoniamnist']['AUC high'] < 0.5
+
+
+@pytest.mark.parametrize('pretrain_batch', [16, 64, 256])
+def test_every_variant_sees_the_same_negatives_per_level_pair(pretrain_batch):
+    # issue 29 item 5: splitting one batch over a variant's levels gave delta 16 / 21 / 32; now one delta for all
+    from medcl_nb.comcl import negatives_per_pair, patch_sets, level_pools, level_batch
+    g = torch.Generator().manual_seed(0)
+    lesion, quality = torch.rand(40, generator=g) < 0.5, (torch.rand(40, generator=g) < 0.4).long()
+    patches, sets = patch_sets(torch.zeros(40, 1, 28, 28, dtype=torch.uint8), lesion, quality, torch.full((40, 2), 14.))
+    delta = negatives_per_pair(pretrain_batch)
+    seen = {}
+    for name, pairs in LEVEL_PAIRS.items():
+        kept, pools = level_pools(sets, pairs)
+        views = level_batch(patches, pools, delta, lambda v: v, torch.Generator().manual_seed(1))
+        seen[name] = {len(views[n][0]) for _, n in kept} | {len(views[m][1]) for m, _ in kept}
+    assert all(s == {pretrain_batch // 4} for s in seen.values()), seen
+
+
+def test_at_a_share_of_100_percent_comcl_keeps_only_the_quality_pair():
+    from medcl_nb.comcl import patch_sets, level_pools
+    lesion = torch.tensor([1, 0, 1, 0]).bool()
+    _, sets = patch_sets(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), lesion, torch.ones(4, dtype=torch.long), torch.full((4, 2), 14.))
+    kept, pools = level_pools(sets, LEVEL_PAIRS['v3'])
+    assert kept == [('Lq', 'Hq')] and set(pools) == {'Lq', 'Hq'}
+
+
+@pytest.mark.parametrize('steps,per_round', [(10, 4), (8, 4), (3, 16)])
+def test_pretraining_budget_is_in_steps_the_last_round_cut_short(steps, per_round):
+    from medcl_nb.comcl import pretrain_steps
+    seen = []
+    pretrain_steps(torch.nn.Linear(2, 1), lambda g: torch.randn(4, 2, generator=g),
+                   lambda m, b, step: seen.append(step) or m(b).pow(2).mean(), steps=steps, seed=0, device='cpu',
+                   steps_per_round=per_round, desc='toy')
+    assert seen == list(range(steps))
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+@pytest.mark.parametrize('box', [(0, 0), (9, 20), (25, 25)])
+def test_saliency_lights_exactly_the_pixels_the_decision_depends_on(channels, box):
+    from medcl_nb.comcl import input_saliency
+    r, c = box
+    class Patch(torch.nn.Module):
+        def forward(self, x): return x[:, :, r:r + 3, c:c + 3].mean((1, 2, 3))[:, None]
+    images = (torch.rand(3, channels, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).byte()
+    sal = input_saliency(Patch(), torch.nn.Linear(1, 2), images)
+    known = torch.zeros(28, 28); known[r:r + 3, c:c + 3] = 1
+    assert sal.shape == (3, 28, 28) and torch.allclose(sal, known.expand(3, 28, 28), atol=1e-6)

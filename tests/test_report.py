@@ -150,3 +150,30 @@ def test_ledger_takes_the_largest_committed_profile_and_lists_chapters_without_c
                         '| reproduced | [claims](figures/comcl/full/claims.md) |')
     assert lines[4].startswith('| simclr_micle | Azizi et al. | MICLe beats SimCLR | kappa | reduced |')
     assert '(reduced)' not in ledger and len(lines) == 5
+
+
+def _kappa_runs(scores):
+    return [{'chapter': 'toy', 'profile': 'reduced', 'seed': s, 'part': None,
+             'rows': {row: {'kappa': v[s], 'accuracy': v[s]} for row, v in scores.items()}} for s in range(3)]
+
+
+@pytest.mark.parametrize('floor_row,floored', [([0.01, 0.00, 0.02], True), ([0.06, 0.04, 0.08], False),
+                                                ([-0.02, 0.01, 0.00], True)])
+def test_a_drop_claim_on_a_row_near_the_majority_class_is_not_judged(floor_row, floored):
+    from medcl_nb.report import require_above_majority, SCALE_VERDICT
+    runs = _kappa_runs({'X': [0.40, 0.43, 0.45], 'Y': floor_row, 'M': [0.0] * 3,
+                        'drop X': [0.20, 0.19, 0.19], 'drop Y': [0.05, 0.04, 0.06]})
+    claim = {**claim_verdict(runs, 'drop Y', 'drop X', 'kappa', higher_is_better=False), 'claim': 'Y loses less'}
+    assert claim['verdict'] == 'reproduced'                   # the interval alone would decide it
+    gated = require_above_majority(claim, runs, ['X', 'Y'], 'M', 'kappa')
+    assert (gated['verdict'] == SCALE_VERDICT) == floored
+    if floored: assert gated['judged on'].startswith('Y not clearly above M (Δ kappa') and 'X' not in gated['judged on'][:2]
+
+
+def test_a_collapsed_row_fails_the_floor_rule_even_above_the_majority():
+    from medcl_nb.report import require_above_majority, SCALE_VERDICT
+    runs = _kappa_runs({'X': [0.40, 0.43, 0.45], 'M': [0.0] * 3})
+    runs[1]['rows']['X'].update(collapsed=1.0, top_share=0.97)
+    claim = {**claim_verdict(runs, 'X', 'M', 'kappa'), 'claim': 'X beats M'}
+    gated = require_above_majority(claim, runs, ['X'], 'M', 'accuracy')
+    assert gated['verdict'] == SCALE_VERDICT and gated['judged on'] == 'X collapsed in seed 1 (one class for 97% of the images)'
