@@ -770,6 +770,7 @@ details.fold > summary code { color: #1f2328; }
 details.solution { border: 1px dashed #d4a72c; border-radius: 5px; padding: 0 0.6rem; margin: 0.4rem 0; background: #fffdf2; }
 .celltag_exercise .input_area pre { border-left-color: #d4a72c; }
 table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.84rem; max-width: 100%; }
+main table { display: block; overflow-x: auto; }   /* a table wider than the page scrolls, the page does not */
 th, td { border: 1px solid var(--line); padding: 0.22rem 0.5rem; text-align: left; vertical-align: top; overflow-wrap: break-word; }
 thead th { background: #f3f5f8; }
 .rendered_html table { width: auto; font-size: 0.8rem; }
