@@ -158,8 +158,10 @@ def score_contrastive_loss(u: torch.Tensor,              # (B, D) embeddings
                            eps: float = 0.05,            # ε of Eq. 3
                            delta: float = 0.1,           # log(s + δ) keeps the log finite
                            normalise: bool = True,       # wCL weights averaged to 1 per anchor, so CL and wCL match in scale
-                          ) -> torch.Tensor:             # scalar, the mean over the B·(B-1) terms
+                           reduction: str = 'mean',      # 'mean' over the B·(B-1) terms, or 'sum' (Eq. 3's double sum)
+                          ) -> torch.Tensor:             # scalar
     "LEARNER's Eq. 3 with log(s + delta) of a similarity s in [0, 1]: CL, or wCL with (by default) normalised weights."
+    if reduction not in ('mean', 'sum'): raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
     positives, negatives = score_neighbour_masks(scores)
     log_s = torch.log(pair_similarity(u, similarity) + delta)
     pos_w, neg_w = torch.ones_like(log_s), torch.ones_like(log_s)
@@ -168,19 +170,24 @@ def score_contrastive_loss(u: torch.Tensor,              # (B, D) embeddings
         pos_w, neg_w = 1 / d, d                                   # Eq. 3: divides the positives, multiplies inside the negatives' log
         if normalise: pos_w, neg_w = _per_anchor_mean_one(pos_w, positives), _per_anchor_mean_one(neg_w, negatives)
     neg_terms, pos_terms = log_s + torch.log(neg_w), pos_w * log_s     # log(s · w) = log s + log w
-    return ((neg_terms * negatives).sum() - (pos_terms * positives).sum()) / (positives.sum() + negatives.sum())
+    total = (neg_terms * negatives).sum() - (pos_terms * positives).sum()
+    return total if reduction == 'sum' else total / (positives.sum() + negatives.sum())
 
 # %% ../nbs/14_learner.ipynb #5efe0afd
 PRETRAINING_LOSSES = {'mse': 'MSE', 'mse_cl': 'MSE + CL', 'mse_wcl': 'MSE + wCL'}
 
-def pretraining_loss(model: HealthScoreModel, clips: torch.Tensor, scores: torch.Tensor, loss: str = 'mse',
+def pretraining_loss(model: HealthScoreModel,   # returns (u (B, D), predicted score (B,)) for a batch of clips
+                     clips: torch.Tensor,       # (B, T, 1, H, W) uint8
+                     scores: torch.Tensor,      # (B,) normalised health scores
+                     loss: str = 'mse',         # 'mse', 'mse_cl' or 'mse_wcl'
                      similarity: str = 'cosine', cl_weight: float = 1.0, normalise: bool = True):
-    "MSE on normalised scores, plus the (weighted) score-contrastive term; returns (loss, parts)."
+    "Eq. 1 (sum of squared errors over the batch) + cl_weight × Eq. 3 (sum over its B(B-1) terms); returns (loss, parts)."
     if loss not in PRETRAINING_LOSSES: raise ValueError(f"loss must be one of {list(PRETRAINING_LOSSES)}, not {loss!r}")
     u, pred = model(clips)
-    mse = F.mse_loss(pred.float(), scores.float())
+    mse = (pred.float() - scores.float()).pow(2).sum()                   # Eq. 1: a sum, not a mean
     if loss == 'mse': return mse, {'mse': mse.item()}
-    cl = score_contrastive_loss(u, scores, weighted=(loss == 'mse_wcl'), similarity=similarity, normalise=normalise)
+    cl = score_contrastive_loss(u, scores, weighted=(loss == 'mse_wcl'), similarity=similarity, normalise=normalise,
+                                reduction='sum')                         # Eq. 3: a sum, not a mean
     return mse + cl_weight * cl, {'mse': mse.item(), 'cl': cl.item()}
 
 # %% ../nbs/14_learner.ipynb #79d4f239
