@@ -22,8 +22,8 @@ from .train import batch_indices, epoch_generator
 __all__ = ['VIDEO_ENCODERS', 'TRANSFORMER_WIDTH', 'TRANSFORMER_DEPTH', 'TRANSFORMER_HEADS', 'SCORE_SCALE', 'PRETRAINING_LOSSES',
            'temporal_shift', 'resnet18_small', 'TemporalShift', 'add_temporal_shift', 'FrameEncoder', 'HFVideoEncoder',
            'make_encoder', 'HealthScoreModel', 'score_neighbour_masks', 'pair_similarity', 'score_contrastive_loss',
-           'pretraining_loss', 'change_metrics', 'train_change_classifier', 'raw_pixel_pair_features',
-           'majority_change_metrics']
+           'pretraining_loss', 'change_metrics', 'train_change_classifier', 'split_training_patients', 'score_r2',
+           'raw_pixel_pair_features', 'majority_change_metrics']
 
 # %% ../nbs/14_learner.ipynb #87bf651f
 def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 8) -> torch.Tensor:
@@ -225,6 +225,37 @@ def train_change_classifier(features: dict, labels: dict, epochs: int = 100, bat
     with torch.no_grad(): preds = {k: mlp(v).argmax(1).cpu() for k, v in x.items()}
     return {'metrics': {k: change_metrics(labels[k].cpu(), p) for k, p in preds.items()}, 'best_epoch': best_epoch,
             'predictions': preds}
+
+# %% ../nbs/14_learner.ipynb #4281d84e
+def split_training_patients(cohort,             # a `simulators.Cohort`
+                            share: float = 0.5, # about this share of the training pairs goes to the classifier's half
+                            seed: int = 0,      # draws which patients go where
+                           ) -> dict:           # {'scans': {half: (n_scans,) bool}, 'pairs': {half: (n_pairs,) bool}}
+    "Split the training patients by patient into 'pretrain' (the encoder's scans) and 'classifier' (the change classifier's pairs)."
+    if not 0 < share < 1: raise ValueError(f"share must lie strictly between 0 and 1, got {share}")
+    train = cohort.scan_mask('train')
+    pairs_of = torch.bincount(cohort.patient[cohort.pairs[:, 0]], minlength=cohort.n_patients)
+    patients = cohort.patient[train].unique()
+    order = patients[torch.randperm(len(patients), generator=torch.Generator().manual_seed(seed))].tolist()
+    target, taken, held = share * int(pairs_of[patients].sum()), 0, []
+    for p in order:
+        if taken >= target: break
+        held.append(p); taken += int(pairs_of[p])
+    in_held = torch.isin(cohort.patient, torch.tensor(held, dtype=cohort.patient.dtype))
+    scans = {'pretrain': train & ~in_held, 'classifier': train & in_held}
+    pairs = {k: m[cohort.pairs[:, 0]] for k, m in scans.items()}             # both scans of a pair are one patient's
+    if min(int(m.sum()) for m in pairs.values()) < 2:
+        raise ValueError(f"a half has fewer than 2 training pairs ({ {k: int(m.sum()) for k, m in pairs.items()} }): the cohort is too small")
+    return {'scans': scans, 'pairs': pairs}
+
+def score_r2(pred: torch.Tensor,    # (N,) predicted health scores
+             target: torch.Tensor,  # (N,) true health scores, same scale
+            ) -> float:             # 1 - SS_res / SS_tot; NaN for fewer than 2 scans or a constant target
+    "Coefficient of determination of the regression head on a set of scans."
+    pred, target = pred.float().flatten().cpu(), target.float().flatten().cpu()
+    ss_tot = float(((target - target.mean()) ** 2).sum())
+    if len(target) < 2 or ss_tot == 0: return math.nan
+    return 1 - float(((target - pred) ** 2).sum()) / ss_tot
 
 # %% ../nbs/14_learner.ipynb #e1ad3d2e
 def raw_pixel_pair_features(clips: torch.Tensor,  # (n_scans, T, 1, H, W) uint8 clips of every scan

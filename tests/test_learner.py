@@ -6,7 +6,7 @@ from medcl_nb.simulators import (PAPER_SPLIT_PAIRS, make_cohort, render_brain, r
                                  severity_regression_probe,
                                  change_label, SF_RANGE_EDGES)
 from medcl_nb.learner import (score_contrastive_loss, score_neighbour_masks, temporal_shift, pair_similarity,
-                              _per_anchor_mean_one, pretraining_loss)
+                              _per_anchor_mean_one, pretraining_loss, split_training_patients, score_r2)
 
 
 @pytest.mark.parametrize('kind', ['lus', 'brain'])
@@ -162,3 +162,24 @@ def test_pretraining_loss_is_the_papers_literal_sums(batch, loss):
     if loss == 'mse_cl':
         mean_cl = float(score_contrastive_loss(u, y))
         assert parts['cl'] == pytest.approx(batch * (batch - 1) * mean_cl, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize('kind', ['lus', 'brain'])
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_the_change_classifier_never_sees_the_encoders_patients(kind, seed):
+    # issue 30, point 4: the classifier's training pairs come from training patients held out of pretraining
+    c = make_cohort(kind, seed=seed)
+    h = split_training_patients(c, 0.5, seed=seed)
+    pre, cls = (set(c.patient[h['scans'][k]].tolist()) for k in ('pretrain', 'classifier'))
+    assert pre and cls and not pre & cls
+    assert torch.equal(h['pairs']['pretrain'] | h['pairs']['classifier'], c.pair_mask('train'))
+    a, b = c.pairs[h['pairs']['classifier'], 0], c.pairs[h['pairs']['classifier'], 1]
+    assert not (h['scans']['pretrain'][a] | h['scans']['pretrain'][b]).any()
+    assert 0.4 < h['pairs']['classifier'].sum() / c.pair_mask('train').sum() < 0.6
+
+
+def test_score_r2_matches_scikit_learn():
+    from sklearn.metrics import r2_score
+    g = torch.Generator().manual_seed(0)
+    y, p = torch.rand(50, generator=g), torch.rand(50, generator=g)
+    assert score_r2(p, y) == pytest.approx(r2_score(y.numpy(), p.numpy()), rel=1e-5)
