@@ -22,8 +22,8 @@ from .train import batch_indices, epoch_generator
 __all__ = ['VIDEO_ENCODERS', 'TRANSFORMER_WIDTH', 'TRANSFORMER_DEPTH', 'TRANSFORMER_HEADS', 'SCORE_SCALE', 'PRETRAINING_LOSSES',
            'temporal_shift', 'resnet18_small', 'TemporalShift', 'add_temporal_shift', 'FrameEncoder', 'HFVideoEncoder',
            'make_encoder', 'HealthScoreModel', 'score_neighbour_masks', 'pair_similarity', 'score_contrastive_loss',
-           'pretraining_loss', 'change_metrics', 'train_change_classifier', 'raw_pixel_pair_features',
-           'majority_change_metrics']
+           'pretraining_loss', 'change_metrics', 'train_change_classifier', 'split_training_patients', 'score_r2',
+           'raw_pixel_pair_features', 'majority_change_metrics']
 
 # %% ../nbs/14_learner.ipynb #87bf651f
 def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 8) -> torch.Tensor:
@@ -158,8 +158,10 @@ def score_contrastive_loss(u: torch.Tensor,              # (B, D) embeddings
                            eps: float = 0.05,            # ε of Eq. 3
                            delta: float = 0.1,           # log(s + δ) keeps the log finite
                            normalise: bool = True,       # wCL weights averaged to 1 per anchor, so CL and wCL match in scale
-                          ) -> torch.Tensor:             # scalar, the mean over the B·(B-1) terms
+                           reduction: str = 'mean',      # 'mean' over the B·(B-1) terms, or 'sum' (Eq. 3's double sum)
+                          ) -> torch.Tensor:             # scalar
     "LEARNER's Eq. 3 with log(s + delta) of a similarity s in [0, 1]: CL, or wCL with (by default) normalised weights."
+    if reduction not in ('mean', 'sum'): raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
     positives, negatives = score_neighbour_masks(scores)
     log_s = torch.log(pair_similarity(u, similarity) + delta)
     pos_w, neg_w = torch.ones_like(log_s), torch.ones_like(log_s)
@@ -168,19 +170,24 @@ def score_contrastive_loss(u: torch.Tensor,              # (B, D) embeddings
         pos_w, neg_w = 1 / d, d                                   # Eq. 3: divides the positives, multiplies inside the negatives' log
         if normalise: pos_w, neg_w = _per_anchor_mean_one(pos_w, positives), _per_anchor_mean_one(neg_w, negatives)
     neg_terms, pos_terms = log_s + torch.log(neg_w), pos_w * log_s     # log(s · w) = log s + log w
-    return ((neg_terms * negatives).sum() - (pos_terms * positives).sum()) / (positives.sum() + negatives.sum())
+    total = (neg_terms * negatives).sum() - (pos_terms * positives).sum()
+    return total if reduction == 'sum' else total / (positives.sum() + negatives.sum())
 
 # %% ../nbs/14_learner.ipynb #5efe0afd
 PRETRAINING_LOSSES = {'mse': 'MSE', 'mse_cl': 'MSE + CL', 'mse_wcl': 'MSE + wCL'}
 
-def pretraining_loss(model: HealthScoreModel, clips: torch.Tensor, scores: torch.Tensor, loss: str = 'mse',
+def pretraining_loss(model: HealthScoreModel,   # returns (u (B, D), predicted score (B,)) for a batch of clips
+                     clips: torch.Tensor,       # (B, T, 1, H, W) uint8
+                     scores: torch.Tensor,      # (B,) normalised health scores
+                     loss: str = 'mse',         # 'mse', 'mse_cl' or 'mse_wcl'
                      similarity: str = 'cosine', cl_weight: float = 1.0, normalise: bool = True):
-    "MSE on normalised scores, plus the (weighted) score-contrastive term; returns (loss, parts)."
+    "Eq. 1 (sum of squared errors over the batch) + cl_weight × Eq. 3 (sum over its B(B-1) terms); returns (loss, parts)."
     if loss not in PRETRAINING_LOSSES: raise ValueError(f"loss must be one of {list(PRETRAINING_LOSSES)}, not {loss!r}")
     u, pred = model(clips)
-    mse = F.mse_loss(pred.float(), scores.float())
+    mse = (pred.float() - scores.float()).pow(2).sum()                   # Eq. 1: a sum, not a mean
     if loss == 'mse': return mse, {'mse': mse.item()}
-    cl = score_contrastive_loss(u, scores, weighted=(loss == 'mse_wcl'), similarity=similarity, normalise=normalise)
+    cl = score_contrastive_loss(u, scores, weighted=(loss == 'mse_wcl'), similarity=similarity, normalise=normalise,
+                                reduction='sum')                         # Eq. 3: a sum, not a mean
     return mse + cl_weight * cl, {'mse': mse.item(), 'cl': cl.item()}
 
 # %% ../nbs/14_learner.ipynb #79d4f239
@@ -218,6 +225,37 @@ def train_change_classifier(features: dict, labels: dict, epochs: int = 100, bat
     with torch.no_grad(): preds = {k: mlp(v).argmax(1).cpu() for k, v in x.items()}
     return {'metrics': {k: change_metrics(labels[k].cpu(), p) for k, p in preds.items()}, 'best_epoch': best_epoch,
             'predictions': preds}
+
+# %% ../nbs/14_learner.ipynb #4281d84e
+def split_training_patients(cohort,             # a `simulators.Cohort`
+                            share: float = 0.5, # about this share of the training pairs goes to the classifier's half
+                            seed: int = 0,      # draws which patients go where
+                           ) -> dict:           # {'scans': {half: (n_scans,) bool}, 'pairs': {half: (n_pairs,) bool}}
+    "Split the training patients by patient into 'pretrain' (the encoder's scans) and 'classifier' (the change classifier's pairs)."
+    if not 0 < share < 1: raise ValueError(f"share must lie strictly between 0 and 1, got {share}")
+    train = cohort.scan_mask('train')
+    pairs_of = torch.bincount(cohort.patient[cohort.pairs[:, 0]], minlength=cohort.n_patients)
+    patients = cohort.patient[train].unique()
+    order = patients[torch.randperm(len(patients), generator=torch.Generator().manual_seed(seed))].tolist()
+    target, taken, held = share * int(pairs_of[patients].sum()), 0, []
+    for p in order:
+        if taken >= target: break
+        held.append(p); taken += int(pairs_of[p])
+    in_held = torch.isin(cohort.patient, torch.tensor(held, dtype=cohort.patient.dtype))
+    scans = {'pretrain': train & ~in_held, 'classifier': train & in_held}
+    pairs = {k: m[cohort.pairs[:, 0]] for k, m in scans.items()}             # both scans of a pair are one patient's
+    if min(int(m.sum()) for m in pairs.values()) < 2:
+        raise ValueError(f"a half has fewer than 2 training pairs ({ {k: int(m.sum()) for k, m in pairs.items()} }): the cohort is too small")
+    return {'scans': scans, 'pairs': pairs}
+
+def score_r2(pred: torch.Tensor,    # (N,) predicted health scores
+             target: torch.Tensor,  # (N,) true health scores, same scale
+            ) -> float:             # 1 - SS_res / SS_tot; NaN for fewer than 2 scans or a constant target
+    "Coefficient of determination of the regression head on a set of scans."
+    pred, target = pred.float().flatten().cpu(), target.float().flatten().cpu()
+    ss_tot = float(((target - target.mean()) ** 2).sum())
+    if len(target) < 2 or ss_tot == 0: return math.nan
+    return 1 - float(((target - pred) ** 2).sum()) / ss_tot
 
 # %% ../nbs/14_learner.ipynb #e1ad3d2e
 def raw_pixel_pair_features(clips: torch.Tensor,  # (n_scans, T, 1, H, W) uint8 clips of every scan

@@ -6,7 +6,7 @@ from medcl_nb.simulators import (PAPER_SPLIT_PAIRS, make_cohort, render_brain, r
                                  severity_regression_probe,
                                  change_label, SF_RANGE_EDGES)
 from medcl_nb.learner import (score_contrastive_loss, score_neighbour_masks, temporal_shift, pair_similarity,
-                              _per_anchor_mean_one)
+                              _per_anchor_mean_one, pretraining_loss, split_training_patients, score_r2)
 
 
 @pytest.mark.parametrize('kind', ['lus', 'brain'])
@@ -133,3 +133,53 @@ def test_change_metrics_macro_f1_counts_only_the_labels_present():
     for yt, yp in [([1, 1, 0], [1, 1, 0]), ([1, 1, 1, 2], [1, 1, 1, 1]), ([0, 1, 2, 1], [0, 1, 1, 1])]:
         assert change_metrics(yt, yp)['f1'] == pytest.approx(f1_score(yt, yp, average='macro', zero_division=0))
     assert change_metrics(torch.tensor([1, 1, 0]), torch.tensor([1, 1, 0]))['f1'] == 1.0
+
+
+def _eq1_plus_eq3_loop(u, pred, y, weighted, eps=0.05, delta=0.1):
+    "LEARNER's Eq. 1 + Eq. 3 (printed weights for wCL) transcribed with plain loops, as Algorithm 1 picks the halves."
+    import math
+    b = len(y)
+    total = sum((float(y[i]) - float(pred[i])) ** 2 for i in range(b))
+    for i in range(b):
+        others = sorted((j for j in range(b) if j != i), key=lambda j: abs(float(y[i] - y[j])))
+        for k, j in enumerate(others):
+            s = (1 + float(torch.nn.functional.cosine_similarity(u[i], u[j], dim=0))) / 2
+            log_s, d = math.log(s + delta), abs(float(y[i] - y[j])) + eps
+            if k < b // 2: total -= log_s / d if weighted else log_s
+            else: total += (log_s + math.log(d)) if weighted else log_s
+    return total
+
+
+@pytest.mark.parametrize('batch', [4, 8, 16])
+@pytest.mark.parametrize('loss', ['mse', 'mse_cl', 'mse_wcl'])
+def test_pretraining_loss_is_the_papers_literal_sums(batch, loss):
+    # issue 30, point 2: Eq. 1 and Eq. 3 are sums, so the contrastive term weighs B - 1 times what two means give it
+    g = torch.Generator().manual_seed(batch)
+    u, pred, y = torch.randn(batch, 6, generator=g), torch.rand(batch, generator=g), torch.rand(batch, generator=g)
+    got, parts = pretraining_loss(lambda clips: (u, pred), None, y, loss, normalise=False)
+    want = _eq1_plus_eq3_loop(u, pred, y, weighted=(loss == 'mse_wcl')) if loss != 'mse' else float(((pred - y) ** 2).sum())
+    assert float(got) == pytest.approx(want, rel=1e-5, abs=1e-5)
+    if loss == 'mse_cl':
+        mean_cl = float(score_contrastive_loss(u, y))
+        assert parts['cl'] == pytest.approx(batch * (batch - 1) * mean_cl, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize('kind', ['lus', 'brain'])
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_the_change_classifier_never_sees_the_encoders_patients(kind, seed):
+    # issue 30, point 4: the classifier's training pairs come from training patients held out of pretraining
+    c = make_cohort(kind, seed=seed)
+    h = split_training_patients(c, 0.5, seed=seed)
+    pre, cls = (set(c.patient[h['scans'][k]].tolist()) for k in ('pretrain', 'classifier'))
+    assert pre and cls and not pre & cls
+    assert torch.equal(h['pairs']['pretrain'] | h['pairs']['classifier'], c.pair_mask('train'))
+    a, b = c.pairs[h['pairs']['classifier'], 0], c.pairs[h['pairs']['classifier'], 1]
+    assert not (h['scans']['pretrain'][a] | h['scans']['pretrain'][b]).any()
+    assert 0.4 < h['pairs']['classifier'].sum() / c.pair_mask('train').sum() < 0.6
+
+
+def test_score_r2_matches_scikit_learn():
+    from sklearn.metrics import r2_score
+    g = torch.Generator().manual_seed(0)
+    y, p = torch.rand(50, generator=g), torch.rand(50, generator=g)
+    assert score_r2(p, y) == pytest.approx(r2_score(y.numpy(), p.numpy()), rel=1e-5)
