@@ -9,13 +9,13 @@ from pathlib import Path
 
 from .core import (RunTimer, atomic_write_json, check_profile, device_name, run_provenance, runs_dir,
                            write_run_status)
-from .report import load_results, save_seed_result, seeds_to_run
+from .report import load_results, results_dir, save_seed_result, seeds_to_run
 from .train import measuring_plan
 
 # %% auto #0
 __all__ = ['ENCODER_LIMIT_BYTES', 'CHAPTER_ENCODERS_LIMIT_BYTES', 'checkpoint_path', 'part_seeds', 'PlanFinished', 'plan_path',
-           'plan_experiment', 'keep_plan', 'cost_table', 'show_cost', 'run_experiment', 'encoder_path', 'keep_encoder',
-           'load_encoder']
+           'plan_experiment', 'keep_plan', 'cost_table', 'show_cost', 'stale_results', 'run_experiment', 'encoder_path',
+           'keep_encoder', 'load_encoder']
 
 # %% ../nbs/05a_runner.ipynb #d791f60b
 def checkpoint_path(chapter: str, profile: str, part: str, seed: int, tag: str = '') -> Path | None:
@@ -119,6 +119,12 @@ def show_cost(chapter: str, profile: str, results: list[dict]):
           + ('' if cost['plan s/seed'].notna().any() else '; no plan was kept beside these results'))
 
 # %% ../nbs/05a_runner.ipynb #34d8cb2b
+def stale_results(chapter: str, profile: str, parts: dict, protocol: dict) -> list[str]:
+    "'part seed N' of every saved result of `parts` whose recorded protocol is not `protocol` (as the runner records it)."
+    want = json.loads(json.dumps(protocol, default=list))
+    return [f"{r['part']} seed {r['seed']}" for r in load_results(chapter, profile)
+            if r['part'] in parts and r['provenance'].get('protocol') != want]
+
 def run_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, device='auto', protocol: dict | None = None,
                    data_md5=None, plan: bool = False, plan_steps: int = 3) -> list[dict]:
     "Run `run_one(part, seed) -> (rows, info)` for every part × seed not yet saved; return all saved results."
@@ -129,6 +135,10 @@ def run_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, devi
     pairs = ([(p, s) for p in selection for s in part_seeds(parts[p], seeds)]
              + [(p, s) for s in seeds for p in parts if p not in selection])
     todo = [(part, s) for part, s in pairs if s in seeds_to_run(chapter, profile, [s], part=part)]
+    if protocol is not None and profile != 'smoke' and (stale := stale_results(chapter, profile, parts, protocol)):
+        raise ValueError(f"{len(stale)} saved result(s) of {chapter} ({profile}) were made under another protocol than the "
+                         f"notebook's (first: {stale[0]}): rerun them by removing {results_dir(chapter, profile)} "
+                         "(git keeps the old run), or restore the parameters they were made with")
     kept = keep_plan(chapter, profile) if todo else None
     print(f"{chapter} ({profile}): {len(parts)} part(s) × {len(seeds)} seed(s)"
           + (f" ({len(selection)} selection part(s) on their own seeds)" if selection else '')
