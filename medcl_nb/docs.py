@@ -156,8 +156,10 @@ def chapter_status(chapter: str, root: str | Path | None = None) -> dict:
     if not profiles: return {'profile': None, 'label': 'smoke-tested only', 'devices': [], 'gpu': False}
     folder = (Path(root) if root else project_root())/'figures'/chapter/profiles[-1]
     devices = sorted({r.get('provenance', {}).get('device', '') for r in _saved_results(folder)} - {''})
+    shown = any(folder.glob('*.csv')) or any(folder.glob('*.png'))     # the tables and figures a page shows
     return {'profile': profiles[-1], 'label': f'{profiles[-1]} results', 'devices': devices,
-            'gpu': any(_is_gpu(d) for d in devices)}
+            'gpu': any(_is_gpu(d) for d in devices),       # a run still going: results saved, no table yet
+            'in_progress': (folder/'RECORD_PENDING').exists() and not shown, 'saved': len(_saved_results(folder))}
 
 def status_badge(status: dict) -> str:
     "A small HTML badge of `chapter_status`: 'full', 'reduced' or 'smoke only', with 'CPU' where no result came from a GPU."
@@ -356,6 +358,10 @@ def committed_results_html(chapter: str, root: str | Path | None = None) -> str:
     folder = (Path(root) if root else project_root())/'figures'/chapter/profile
     head = f'<div class="committed-results" data-chapter="{chapter}" data-profile="{status["profile"] or "none"}">'
     tables, figures = committed_files(folder)
+    if status.get('in_progress'):
+        return (head + f'<p class="no-results">{status_badge(status)} <strong>A {profile} run of this chapter is in progress</strong>: '
+                f'{status["saved"]} (part, seed) results are committed in <code>figures/{chapter}/{profile}/results/</code> so far, '
+                'from a run that has not finished; its tables and figures appear here when it ends.</p></div>')
     if not status['profile'] or (not tables and not figures):
         return (head + f'<p class="no-results">{status_badge({**status, "profile": None})} '
                 '<strong>No reduced or full results are committed for this chapter yet.</strong> Its smoke profile is tested on every change; '
@@ -866,6 +872,9 @@ def _page_status(chapter: str | None, status: dict | None) -> str:
     if not status['profile']:
         return (f'<p class="page-status">{status_badge(status)} This chapter is <strong>smoke-tested only</strong>: no reduced '
                 'or full results are committed yet, so it shows no numbers of its own.</p>')
+    if status.get('in_progress'):
+        return (f'<p class="page-status">{status_badge(status)} This chapter\'s <strong>{status["profile"]}</strong> run is in progress: '
+                f'{status["saved"]} (part, seed) results are committed so far; its tables and figures appear here when it ends.</p>')
     where = ', '.join(status['devices']) or 'a device not recorded'
     gpu = '' if status['gpu'] else ' No result here was measured on a GPU yet.'
     return (f'<p class="page-status">{status_badge(status)} Results on this page: the committed <strong>{status["profile"]}</strong> '
