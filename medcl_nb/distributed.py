@@ -16,7 +16,7 @@ from torch import nn
 
 from .core import (atomic_write_json, device_name, get_device, git_state, library_versions, runs_dir,
                            seed_everything, seeded_rng)
-from .train import load_checkpoint, save_checkpoint
+from .train import load_checkpoint, save_checkpoint, to_channels_last, use_channels_last
 
 # %% auto #0
 __all__ = ['TORCHRUN_VARIABLES', 'PROTOCOL_KEYS', 'is_distributed', 'rank_and_world', 'gather_with_grad', 'shard_batch',
@@ -133,7 +133,7 @@ class DataParallel:
             raise ValueError("sync_bn needs CUDA (torch's SyncBatchNorm runs on GPUs only): drop --sync-bn on the CPU")
         if checkpoint_path is not None: _agree(Path(checkpoint_path).exists(), self.group, f'whether {checkpoint_path} exists')
         net.to(device)
-        if device.type == 'cuda': net.to(memory_format=torch.channels_last)
+        if use_channels_last(device): to_channels_last(net)   # as `fit` does (04_train)
         if sync_bn: nn.SyncBatchNorm.convert_sync_batchnorm(net, self.group)
         seed_everything(rank_seed(seed, self.rank))
         self.model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None,

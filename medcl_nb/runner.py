@@ -186,8 +186,8 @@ def keep_encoder(module, chapter: str, profile: str, part: str, seed: int) -> di
 def load_encoder(module, chapter: str, part: str, seed: int = 0, profile: str | None = None):
     """Load the committed encoder of (`chapter`, `part`, `seed`) into `module` (as fp32) and return it; `profile` None:
     the largest committed. Raises FileNotFoundError when there is none, ValueError when its md5 is not the provenance's."""
-    import hashlib, torch
-    from medcl_nb.core import committed_profiles
+    import torch
+    from medcl_nb.core import committed_profiles, md5sum
     from medcl_nb.report import results_dir, _result_name
     profiles = [check_profile(profile)] if profile else committed_profiles(chapter)[::-1]
     found = [p for p in profiles if encoder_path(chapter, p, part, seed).is_file()]
@@ -197,7 +197,7 @@ def load_encoder(module, chapter: str, part: str, seed: int = 0, profile: str | 
     path = encoder_path(chapter, found[0], part, seed)
     result = results_dir(chapter, found[0])/_result_name(seed, part)
     kept = json.loads(result.read_text(encoding='utf-8'))['provenance'].get('encoder', {}) if result.is_file() else {}
-    actual = hashlib.md5(path.read_bytes()).hexdigest()
+    actual = md5sum(path)
     if kept.get('md5') != actual:
         raise ValueError(f"{path} has md5 {actual}, but its run recorded {kept.get('md5') or 'none'} in {result.name}: "
                          "the file is not the one the run kept; restore it (git checkout) or rerun the part")
