@@ -18,7 +18,7 @@ __all__ = ['PROGRESS_MODES', 'SCHEDULER_INTERVALS', 'epoch_generator', 'batch_in
            'NonFiniteLossError', 'check_finite_loss', 'resolve_progress_mode', 'Progress', 'capture_rng_state',
            'restore_rng_state', 'save_checkpoint', 'load_checkpoint', 'PlanMeasurement', 'measuring_plan',
            'plan_active', 'plan_epochs', 'plan_batches', 'add_epoch_end_cost', 'use_channels_last', 'to_channels_last',
-           'fit']
+           'matmul_gflops', 'step_flops', 'fit']
 
 # %% ../nbs/04_train.ipynb #159c914d
 def epoch_generator(seed: int, epoch: int, device: str | torch.device = 'cpu') -> torch.Generator:
@@ -262,6 +262,24 @@ def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
         if not isinstance(p, torch.nn.parameter.UninitializedParameter) and p.dim() == 4:
             p.data = p.data.contiguous(memory_format=torch.channels_last)
     return model
+
+# %% ../nbs/04_train.ipynb #97b9c5c2
+def matmul_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = 'cpu', dtype: torch.dtype = torch.float32) -> float:
+    "This machine's matrix-multiply rate in GFLOP/s: the best of `repeats` timed `torch.mm` of two (n, n) matrices (2n³ FLOPs each), after one untimed."
+    if n < 1 or repeats < 1: raise ValueError(f"need n >= 1 and repeats >= 1, got n={n}, repeats={repeats}")
+    device = torch.device(device)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)
+    torch.mm(a, b); sync(); best = float('inf')
+    for _ in range(repeats):
+        t0 = time.perf_counter(); torch.mm(a, b); sync(); best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+def step_flops(fn, *args, **kwargs) -> int:
+    "Floating-point operations of one call `fn(*args, **kwargs)` (e.g. a forward + backward step), counted by `torch.utils.flop_counter.FlopCounterMode`."
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter: fn(*args, **kwargs)
+    return int(counter.get_total_flops())
 
 # %% ../nbs/04_train.ipynb #a4b9ad28
 SCHEDULER_INTERVALS = ('epoch', 'step')
