@@ -108,8 +108,9 @@ class RankZeroCheckpoints:
         return {**state, 'rng': state['rng_by_rank'][self.rank]}
 
 # %% ../nbs/08c_distributed.ipynb #8fe1285b
-def rank_seed(seed: int, rank: int) -> int:
-    "A seed for rank `rank`'s own random stream, mixed from `(seed, rank)` (different ranks, different streams)."
+def rank_seed(seed: int, rank: int, world: int) -> int | None:
+    "The seed of rank `rank`'s own random stream, mixed from `(seed, rank)`; None with one rank (the caller's stream, as on one process)."
+    if world == 1: return None
     return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1)[0])
 
 def _agree(value, group, what: str):
@@ -135,7 +136,7 @@ class DataParallel:
         net.to(device)
         if use_channels_last(device): to_channels_last(net)   # as `fit` does (04_train)
         if sync_bn: nn.SyncBatchNorm.convert_sync_batchnorm(net, self.group)
-        seed_everything(rank_seed(seed, self.rank))
+        if self.world > 1: seed_everything(rank_seed(seed, self.rank, self.world))
         self.model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None,
                                                          process_group=self.group)
 

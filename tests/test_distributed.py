@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from medcl_nb.core import seeded_rng
+from medcl_nb.core import seed_everything, seeded_rng
 from medcl_nb.distributed import process_group
 from medcl_nb.losses import multi_positive_nt_xent, nt_xent_loss, positive_mask_from_groups
 from medcl_nb.simclr import BagSampler, SimCLRNet, contrastive_batches, pretrain_simclr, pretraining_augment
@@ -24,8 +24,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(fn, rank, port, timeout_s, out, args):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+def _rank_main(fn, rank, world, port, timeout_s, out, args):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
                       MASTER_PORT=str(port), OMP_NUM_THREADS='1')
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -36,12 +36,12 @@ def _rank_main(fn, rank, port, timeout_s, out, args):
     torch.save({**result, 'seconds': time.perf_counter() - t0}, out/f'rank{rank}.pt')
 
 
-def run_ranks(fn, out: Path, *args, timeout_s: float = 30, wait_s: float = 60, grace_s: float = 2) -> list[dict]:
-    "`fn(rank, *args)` on 2 forked gloo ranks; per rank {'ok': result} or {'error': message}, or {'died': exitcode}."
+def run_ranks(fn, out: Path, *args, world: int = WORLD, timeout_s: float = 30, wait_s: float = 60, grace_s: float = 2) -> list[dict]:
+    "`fn(rank, *args)` on `world` forked gloo ranks; per rank {'ok': result} or {'error': message}, or {'died': exitcode}."
     out.mkdir(parents=True, exist_ok=True)
     for f in out.glob('rank*.pt'): f.unlink()
     ctx, port = multiprocessing.get_context('fork'), _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(fn, r, port, timeout_s, out, args)) for r in range(WORLD)]
+    procs = [ctx.Process(target=_rank_main, args=(fn, r, world, port, timeout_s, out, args)) for r in range(world)]
     for p in procs: p.start()
     deadline = time.monotonic() + wait_s
     while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
@@ -167,7 +167,8 @@ class _StopAt:
 
 _IMAGES = torch.randint(0, 256, (24, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
-def _pretrain(checkpoint_path, stop_at=None):
+def _pretrain(checkpoint_path=None, stop_at=None):
+    seed_everything(0)
     with seeded_rng(0): net = SimCLRNet('resnet18_w8')
     augment = pretraining_augment('colour', size=16)
     try: pretrain_simclr(net, _IMAGES, augment if stop_at is None else _StopAt(augment, stop_at), epochs=3,
@@ -194,6 +195,18 @@ def test_an_interrupted_2_rank_run_resumes_to_the_weights_of_one_that_was_not(tm
         assert not different, (rank, different)
     params = [k for k, _ in SimCLRNet('resnet18_w8').named_parameters()]
     assert all(torch.equal(resumed[1][k], first[0][0][k]) for k in params)   # the weights are the same on every rank
+
+
+# One rank is the one-process run
+
+def test_a_1_rank_run_is_the_one_process_run_with_the_same_seed(tmp_path):
+    (one_rank,) = _ok(run_ranks(lambda rank: _pretrain(), tmp_path, world=1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                               # as the rank ran: the same order of float additions
+    try: alone = _pretrain()                               # this process, no process group
+    finally: torch.set_num_threads(threads)
+    different = [k for k in alone if not torch.equal(one_rank[k], alone[k])]
+    assert not different, different
 
 
 # A rank that dies or stalls: the others stop with an error, they do not hang
