@@ -4,7 +4,7 @@
 
 # %% ../nbs/08c_distributed.ipynb #d60f3894
 from __future__ import annotations
-import argparse, hashlib, json, os, warnings
+import argparse, hashlib, json, os, sys, threading, time, warnings
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -20,8 +20,8 @@ from .train import load_checkpoint, save_checkpoint, to_channels_last, use_chann
 
 # %% auto #0
 __all__ = ['TORCHRUN_VARIABLES', 'PROTOCOL_KEYS', 'is_distributed', 'rank_and_world', 'gather_with_grad', 'shard_batch',
-           'RankFailure', 'process_group', 'RankZeroCheckpoints', 'rank_seed', 'DataParallel', 'data_parallel',
-           'pretraining_parser', 'pretrained_path', 'main']
+           'RankFailure', 'PortInUse', 'process_group', 'RankZeroCheckpoints', 'rank_seed', 'DataParallel',
+           'data_parallel', 'pretraining_parser', 'pretrained_path', 'main']
 
 # %% ../nbs/08c_distributed.ipynb #6b0420ec
 def is_distributed() -> bool:
@@ -60,28 +60,48 @@ TORCHRUN_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER
 class RankFailure(RuntimeError):
     "A collective of this rank failed: another rank died, or stalled longer than the process group's timeout."
 
+class PortInUse(RankFailure):
+    "Rank 0 could not host the group's store: `MASTER_PORT` is taken by another run or program."
+
 def _rank_failure(e: Exception, rank: int, world: int, timeout_s: float) -> RankFailure:
-    first = next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__)
+    text = str(e)
+    if 'EADDRINUSE' in text or 'address already in use' in text.lower():
+        return PortInUse(f"rank {rank} of {world} stopped: MASTER_PORT {os.environ.get('MASTER_PORT')} is already in use "
+                         "(another run or program holds it): start with torchrun --standalone, which picks a free port, "
+                         "or pass --master_port with a free one")
+    first = next((l.strip() for l in text.splitlines() if l.strip()), type(e).__name__)
     return RankFailure(f"rank {rank} of {world} stopped: {first[:300]}. If another rank died or stalled for more than "
                        f"{timeout_s:g} s, its own error is in the log (torchrun names it); rerun the same command to "
                        "resume from the last checkpoint")
 
 # %% ../nbs/08c_distributed.ipynb #96106c14
+def _watch_launcher(interval_s: float = 0.5):
+    "Once per process: a daemon thread that ends this rank when its parent (torchrun's agent) is gone."
+    if getattr(_watch_launcher, 'parent', None) is not None: return
+    parent = _watch_launcher.parent = os.getppid()
+    def watch():
+        while os.getppid() == parent: time.sleep(interval_s)
+        print(f"rank {os.environ.get('RANK', '?')}: its launcher (process {parent}) is gone; stopping", file=sys.stderr, flush=True)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name='medcl-launcher-watch').start()
+
 @contextmanager
 def process_group(backend: str = 'auto',     # 'auto' (NCCL on CUDA, gloo otherwise), 'gloo' or 'nccl'
-                  timeout_s: float = 600,    # how long a collective waits for the other ranks
+                  timeout_s: float = 600,    # how long a collective (and joining) waits for the other ranks
                   device='auto'):            # 'auto', 'cpu' or 'cuda': rank r takes GPU LOCAL_RANK
     "Join the process group torchrun describes in the environment; yield this rank's device; engine failures raise `RankFailure`."
     missing = [v for v in TORCHRUN_VARIABLES if v not in os.environ]
     if missing: raise RuntimeError(f"{', '.join(missing)} not set: start this with torchrun, e.g. "
-                                   "torchrun --nproc_per_node 2 -m medcl_nb.distributed --help")
+                                   "torchrun --standalone --nproc_per_node 2 -m medcl_nb.distributed --help")
     device = get_device(device)
     if device.type == 'cuda':
         device = torch.device('cuda', int(os.environ['LOCAL_RANK']) % torch.cuda.device_count())
         torch.cuda.set_device(device)
     backend = ('nccl' if device.type == 'cuda' else 'gloo') if backend == 'auto' else backend
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    rank, world = rank_and_world()
+    rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    _watch_launcher()
+    try: dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    except RuntimeError as e: raise _rank_failure(e, rank, world, timeout_s) from e
     try: yield device
     except RuntimeError as e:
         if type(e) is RuntimeError or isinstance(e, dist.DistError): raise _rank_failure(e, rank, world, timeout_s) from e

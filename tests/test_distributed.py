@@ -36,11 +36,9 @@ def _rank_main(fn, rank, world, port, timeout_s, out, args):
     torch.save({**result, 'seconds': time.perf_counter() - t0}, out/f'rank{rank}.pt')
 
 
-def run_ranks(fn, out: Path, *args, world: int = WORLD, timeout_s: float = 30, wait_s: float = 60, grace_s: float = 2) -> list[dict]:
-    "`fn(rank, *args)` on `world` forked gloo ranks; per rank {'ok': result} or {'error': message}, or {'died': exitcode}."
-    out.mkdir(parents=True, exist_ok=True)
+def _spawn(fn, out, args, world, port, timeout_s, wait_s, grace_s) -> list[dict]:
     for f in out.glob('rank*.pt'): f.unlink()
-    ctx, port = multiprocessing.get_context('fork'), _free_port()
+    ctx = multiprocessing.get_context('fork')
     procs = [ctx.Process(target=_rank_main, args=(fn, r, world, port, timeout_s, out, args)) for r in range(world)]
     for p in procs: p.start()
     deadline = time.monotonic() + wait_s
@@ -52,10 +50,23 @@ def run_ranks(fn, out: Path, *args, world: int = WORLD, timeout_s: float = 30, w
         time.sleep(0.05)
     results = []
     for r, p in enumerate(procs):
-        if p.is_alive(): p.kill()
+        killed = p.is_alive()
+        if killed: p.kill()
         p.join()
         f = out/f'rank{r}.pt'
-        results.append(torch.load(f, weights_only=False) if f.exists() else {'died': p.exitcode})
+        results.append({**(torch.load(f, weights_only=False) if f.exists() else {'died': p.exitcode}), **({'killed': True} if killed else {})})
+    return results
+
+
+def run_ranks(fn, out: Path, *args, world: int = WORLD, port: int | None = None, tries: int = 3, timeout_s: float = 30,
+              wait_s: float = 60, grace_s: float = 2) -> list[dict]:
+    """`fn(rank, *args)` on `world` forked gloo ranks; per rank {'ok': result} or {'error': message}, or {'died': exitcode},
+    with 'killed' when the spawner had to end it. A taken port (`PortInUse`) is retried on a free one, `tries` times in all."""
+    out.mkdir(parents=True, exist_ok=True)
+    for _ in range(tries):
+        results = _spawn(fn, out, args, world, port or _free_port(), timeout_s, wait_s, grace_s)
+        if not any(r.get('error', '').startswith('PortInUse') for r in results): break
+        port = None            # taken (on purpose, or by a program that took the free port first): another one
     return results
 
 
@@ -216,19 +227,89 @@ def _fails(rank, how):
         augment.calls += 1
         if rank == 1 and augment.calls == 3:
             if how == 'dies': os._exit(3)
+            if how == 'raises': raise ValueError('rank 1 fails on purpose')
             time.sleep(60)
         return x.float() / 255
     augment.calls = 0
     pretrain_simclr(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), _IDS, augment, epochs=50, batch_size=8)
 
-@pytest.mark.parametrize('how', ['dies', 'stalls'])
-def test_a_rank_that_dies_or_stalls_stops_the_others_with_an_error(tmp_path, how):
+@pytest.mark.parametrize('how', ['dies', 'raises', 'stalls'])
+def test_a_rank_that_dies_raises_or_stalls_stops_the_others_with_an_error(tmp_path, how):
     t0 = time.monotonic()
     rank0, rank1 = run_ranks(_fails, tmp_path, how, timeout_s=3, wait_s=30)
     assert time.monotonic() - t0 < 25
-    assert 'died' in rank1
+    if how == 'raises': assert rank1['error'] == 'ValueError: rank 1 fails on purpose', rank1   # the book's error, unchanged
+    else: assert 'died' in rank1 or rank1.get('killed'), rank1
     assert rank0.get('error', '').startswith('RankFailure: rank 0 of 2 stopped: '), rank0
-    assert rank0['seconds'] < 15, rank0
+    assert '\n' not in rank0['error'] and rank0['seconds'] < 15, rank0
+    assert 'killed' not in rank0, rank0                        # it stopped by itself; the spawner did not have to end it
+
+
+_SCRIPT = '''import sys, time, torch, torch.distributed as dist
+from medcl_nb.distributed import process_group
+with process_group('gloo', 20, 'cpu'):
+    if sys.argv[1] == 'orphaned': print('ready', flush=True); time.sleep(60)
+    if dist.get_rank() == 1: raise ValueError('rank 1 fails on purpose')
+    dist.all_reduce(torch.ones(1))   # rank 0 waits here for a rank that is gone
+'''
+
+def _running(marker: str) -> list[int]:
+    "The processes whose command line holds `marker` (zombies have none)."
+    found = []
+    for d in Path('/proc').iterdir():
+        try:
+            if d.name.isdigit() and marker.encode() in (d/'cmdline').read_bytes(): found.append(int(d.name))
+        except OSError: pass
+    return found
+
+def _torchrun(*args, cwd, stdout, stderr, env=None):
+    return subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *args],
+                            cwd=cwd, env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO), **(env or {})},
+                            stdout=stdout, stderr=stderr, text=True, start_new_session=True)
+
+def _wait(p, timeout_s):
+    "`p`'s exit status; on a timeout its whole session is killed (no launcher left behind by the test) and the test fails."
+    try: return p.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9); p.wait()
+        pytest.fail(f'torchrun still running after {timeout_s} s')
+
+@pytest.mark.skipif(not Path('/proc/self/cmdline').exists(), reason='lists processes through /proc')
+def test_under_torchrun_a_rank_that_raises_ends_the_run_and_leaves_no_worker(tmp_path):
+    script = tmp_path/'fails.py'; script.write_text(_SCRIPT)
+    p = _torchrun(str(script), 'raises', cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode != 0 and 'ValueError: rank 1 fails on purpose' in err, err[-3000:]
+    assert not _running(str(script))
+
+@pytest.mark.skipif(not Path('/proc/self/cmdline').exists(), reason='lists processes through /proc')
+def test_a_killed_launcher_leaves_no_worker_behind(tmp_path):
+    script, log = tmp_path/'orphaned.py', tmp_path/'out.log'
+    script.write_text(_SCRIPT)
+    with open(log, 'w') as f: p = _torchrun(str(script), 'orphaned', cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while log.read_text().count('ready') < 2 and p.poll() is None and time.monotonic() < deadline: time.sleep(0.2)
+    assert log.read_text().count('ready') == 2, log.read_text()[-3000:]
+    os.kill(p.pid, 9); p.wait()                                # the launcher only: its ranks live in sessions of their own
+    deadline = time.monotonic() + 20
+    while _running(str(script)) and time.monotonic() < deadline: time.sleep(0.2)
+    left = _running(str(script))
+    for pid in left: os.kill(pid, 9)
+    assert not left, f'workers left behind: {left}'
+
+
+# A taken port
+
+def _hello(rank):
+    x = torch.tensor([rank + 1.0]); dist.all_reduce(x)
+    return float(x)
+
+def test_a_taken_port_is_named_and_the_spawner_retries_on_a_free_one(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(('', 0)); busy.listen(); port = busy.getsockname()[1]
+        first = run_ranks(_hello, tmp_path, port=port, tries=1, grace_s=0.5)
+        assert first[0]['error'].startswith(f'PortInUse: rank 0 of 2 stopped: MASTER_PORT {port} is already in use'), first
+        assert _ok(run_ranks(_hello, tmp_path, port=port, grace_s=0.5)) == [3.0, 3.0]
 
 
 # The command a reader runs
