@@ -4,7 +4,7 @@
 
 # %% ../nbs/08c_distributed.ipynb #d60f3894
 from __future__ import annotations
-import argparse, hashlib, json, os, warnings
+import argparse, hashlib, json, os, sys, threading, time, warnings
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -14,14 +14,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .core import (atomic_write_json, device_name, get_device, git_state, library_versions, runs_dir,
-                           seed_everything, seeded_rng)
+from .core import (atomic_write_json, device_name, get_device, git_state, library_versions, md5sum,
+                           runs_dir, seed_everything, seeded_rng)
 from .train import load_checkpoint, save_checkpoint, to_channels_last, use_channels_last
 
 # %% auto #0
 __all__ = ['TORCHRUN_VARIABLES', 'PROTOCOL_KEYS', 'is_distributed', 'rank_and_world', 'gather_with_grad', 'shard_batch',
-           'RankFailure', 'process_group', 'RankZeroCheckpoints', 'rank_seed', 'DataParallel', 'data_parallel',
-           'pretraining_parser', 'pretrained_path', 'main']
+           'RankFailure', 'PortInUse', 'process_group', 'RankZeroCheckpoints', 'rank_zero_first', 'rank_seed',
+           'DataParallel', 'data_parallel', 'pretraining_parser', 'parse_pretraining', 'pretrained_path', 'load_init',
+           'main']
 
 # %% ../nbs/08c_distributed.ipynb #6b0420ec
 def is_distributed() -> bool:
@@ -60,28 +61,48 @@ TORCHRUN_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER
 class RankFailure(RuntimeError):
     "A collective of this rank failed: another rank died, or stalled longer than the process group's timeout."
 
+class PortInUse(RankFailure):
+    "Rank 0 could not host the group's store: `MASTER_PORT` is taken by another run or program."
+
 def _rank_failure(e: Exception, rank: int, world: int, timeout_s: float) -> RankFailure:
-    first = next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__)
+    text = str(e)
+    if 'EADDRINUSE' in text or 'address already in use' in text.lower():
+        return PortInUse(f"rank {rank} of {world} stopped: MASTER_PORT {os.environ.get('MASTER_PORT')} is already in use "
+                         "(another run or program holds it): start with torchrun --standalone, which picks a free port, "
+                         "or pass --master_port with a free one")
+    first = next((l.strip() for l in text.splitlines() if l.strip()), type(e).__name__)
     return RankFailure(f"rank {rank} of {world} stopped: {first[:300]}. If another rank died or stalled for more than "
                        f"{timeout_s:g} s, its own error is in the log (torchrun names it); rerun the same command to "
                        "resume from the last checkpoint")
 
 # %% ../nbs/08c_distributed.ipynb #96106c14
+def _watch_launcher(interval_s: float = 0.5):
+    "Once per process: a daemon thread that ends this rank when its parent (torchrun's agent) is gone."
+    if getattr(_watch_launcher, 'parent', None) is not None: return
+    parent = _watch_launcher.parent = os.getppid()
+    def watch():
+        while os.getppid() == parent: time.sleep(interval_s)
+        print(f"rank {os.environ.get('RANK', '?')}: its launcher (process {parent}) is gone; stopping", file=sys.stderr, flush=True)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name='medcl-launcher-watch').start()
+
 @contextmanager
 def process_group(backend: str = 'auto',     # 'auto' (NCCL on CUDA, gloo otherwise), 'gloo' or 'nccl'
-                  timeout_s: float = 600,    # how long a collective waits for the other ranks
+                  timeout_s: float = 600,    # how long a collective (and joining) waits for the other ranks
                   device='auto'):            # 'auto', 'cpu' or 'cuda': rank r takes GPU LOCAL_RANK
     "Join the process group torchrun describes in the environment; yield this rank's device; engine failures raise `RankFailure`."
     missing = [v for v in TORCHRUN_VARIABLES if v not in os.environ]
     if missing: raise RuntimeError(f"{', '.join(missing)} not set: start this with torchrun, e.g. "
-                                   "torchrun --nproc_per_node 2 -m medcl_nb.distributed --help")
+                                   "torchrun --standalone --nproc_per_node 2 -m medcl_nb.distributed --help")
     device = get_device(device)
     if device.type == 'cuda':
         device = torch.device('cuda', int(os.environ['LOCAL_RANK']) % torch.cuda.device_count())
         torch.cuda.set_device(device)
     backend = ('nccl' if device.type == 'cuda' else 'gloo') if backend == 'auto' else backend
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    rank, world = rank_and_world()
+    rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    _watch_launcher()
+    try: dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    except RuntimeError as e: raise _rank_failure(e, rank, world, timeout_s) from e
     try: yield device
     except RuntimeError as e:
         if type(e) is RuntimeError or isinstance(e, dist.DistError): raise _rank_failure(e, rank, world, timeout_s) from e
@@ -107,9 +128,19 @@ class RankZeroCheckpoints:
                              f"resume with --nproc_per_node {state.get('world_size', 1)}, or delete it to start again")
         return {**state, 'rng': state['rng_by_rank'][self.rank]}
 
+# %% ../nbs/08c_distributed.ipynb #98f07bf2
+@contextmanager
+def rank_zero_first(group=None):
+    "Rank 0 runs the block, then the other ranks do (they wait at a barrier meanwhile); outside a group, just the block."
+    rank, world = rank_and_world(group)
+    if world > 1 and rank != 0: dist.barrier(group)
+    yield
+    if world > 1 and rank == 0: dist.barrier(group)
+
 # %% ../nbs/08c_distributed.ipynb #8fe1285b
-def rank_seed(seed: int, rank: int) -> int:
-    "A seed for rank `rank`'s own random stream, mixed from `(seed, rank)` (different ranks, different streams)."
+def rank_seed(seed: int, rank: int, world: int) -> int | None:
+    "The seed of rank `rank`'s own random stream, mixed from `(seed, rank)`; None with one rank (the caller's stream, as on one process)."
+    if world == 1: return None
     return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1)[0])
 
 def _agree(value, group, what: str):
@@ -135,7 +166,7 @@ class DataParallel:
         net.to(device)
         if use_channels_last(device): to_channels_last(net)   # as `fit` does (04_train)
         if sync_bn: nn.SyncBatchNorm.convert_sync_batchnorm(net, self.group)
-        seed_everything(rank_seed(seed, self.rank))
+        if self.world > 1: seed_everything(rank_seed(seed, self.rank, self.world))
         self.model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None,
                                                          process_group=self.group)
 
@@ -151,70 +182,114 @@ def data_parallel(net: nn.Module, batch_size: int, n: int, seed: int = 0, device
     return DataParallel(net, batch_size, n, seed, device, sync_bn, checkpoint_path) if is_distributed() else None
 
 # %% ../nbs/08c_distributed.ipynb #fa6c7b9d
-PROTOCOL_KEYS = ('data', 'arch', 'epochs', 'batch_size', 'crops_per_epoch', 'n_images', 'temperature', 'seed', 'sync_bn')
+PROTOCOL_KEYS = ('data', 'arch', 'epochs', 'steps', 'batch_size', 'crops_per_epoch', 'n_images', 'lus_frames', 'positives',
+                 'temperature', 'seed', 'sync_bn', 'init')
 
 def pretraining_parser() -> argparse.ArgumentParser:
     "The options of `python -m medcl_nb.distributed`; the defaults are chapter 12's natural stage in the full profile."
-    p = argparse.ArgumentParser(prog='torchrun --nproc_per_node N -m medcl_nb.distributed', description=(
-        "SimCLR pretraining of chapter 12's encoder on N processes (one per GPU, or CPU processes with gloo); "
+    p = argparse.ArgumentParser(prog='torchrun --standalone --nproc_per_node N -m medcl_nb.distributed', description=(
+        "SimCLR or MICLe pretraining of chapter 12's encoder on N processes (one per GPU, or CPU processes with gloo); "
         "negatives and the learning rate follow the global batch; rank 0 saves the weights under runs/pretrained/."))
-    p.add_argument('--data', default='natural', help="'natural' (the chapter's photo crops) or a MedMNIST name, e.g. pneumoniamnist")
+    p.add_argument('--data', default='natural', help="'natural' (the chapter's photo crops), 'lus' (MICLe on the simulated "
+                   "patients) or a MedMNIST name, e.g. pneumoniamnist")
     p.add_argument('--arch', default='resnet18', help='SimCLRNet architecture (08a_models), e.g. resnet18, resnet18_w16, resnet50')
-    p.add_argument('--epochs', type=int, default=50)
+    p.add_argument('--epochs', type=int, default=None, help='passes over the data (default 50)')
+    p.add_argument('--steps', type=int, default=None, help='instead of --epochs: the budget in optimiser steps, as chapter 12 gives it')
     p.add_argument('--batch-size', type=int, default=256, help='the global batch, split evenly over the processes')
     p.add_argument('--crops-per-epoch', type=int, default=20_000, help="natural: crops drawn per epoch")
     p.add_argument('--n-images', type=int, default=None, help='MedMNIST: a class-stratified sample of the training split')
+    p.add_argument('--lus-frames', type=int, default=8, help='lus: frames rendered per clip')
+    p.add_argument('--positives', choices=('micle', 'same'), default=None,
+                   help="lus: 'micle' (two clips of a patient-day, the default) or 'same' (SimCLR on the same bags)")
+    p.add_argument('--init', default=None, help='start from these weights (a SimCLRNet or encoder state dict), e.g. the natural stage')
     p.add_argument('--temperature', type=float, default=0.5)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--sync-bn', action='store_true', help="BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)")
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     p.add_argument('--backend', default='auto', choices=('auto', 'gloo', 'nccl'))
-    p.add_argument('--timeout', type=float, default=600, help='seconds a collective waits for the other processes')
+    p.add_argument('--timeout', type=float, default=600, help='seconds a collective (or rank 0\'s first download) waits for the other processes')
     return p
 
+def parse_pretraining(argv=None) -> argparse.Namespace:
+    "The command's options, checked and completed: one budget (50 epochs by default), `positives` only (and always) for lus."
+    p = pretraining_parser(); a = p.parse_args(argv)
+    if a.epochs is not None and a.steps is not None: p.error('give --epochs or --steps, not both')
+    if a.epochs is None and a.steps is None: a.epochs = 50
+    if a.data != 'lus':
+        if a.positives is not None: p.error(f"--positives needs MICLe's bags (--data lus), not --data {a.data}")
+        a.lus_frames = None
+    else: a.positives = a.positives or 'micle'
+    if a.data != 'natural': a.crops_per_epoch = None
+    return a
+
 def pretrained_path(protocol: dict, world_size: int) -> Path:
-    "`runs/pretrained/simclr-<data>-<arch>-seed<seed>-<tag>.pt` for the settings (`PROTOCOL_KEYS`) and world size of a run."
-    key = {k: protocol[k] for k in PROTOCOL_KEYS} | {'world_size': int(world_size)}
+    "`runs/pretrained/<simclr|micle>-<data>-<arch>-seed<seed>-<tag>.pt` for the settings (`PROTOCOL_KEYS`) and world size of a run."
+    key = {k: protocol.get(k) for k in PROTOCOL_KEYS} | {'world_size': int(world_size)}
     tag = hashlib.md5(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
-    return runs_dir()/'pretrained'/f"simclr-{protocol['data']}-{protocol['arch']}-seed{protocol['seed']}-{tag}.pt"
+    method = 'micle' if protocol.get('positives') == 'micle' else 'simclr'
+    return runs_dir()/'pretrained'/f"{method}-{protocol['data']}-{protocol['arch']}-seed{protocol['seed']}-{tag}.pt"
+
+# %% ../nbs/08c_distributed.ipynb #783af502
+def load_init(net: nn.Module, path) -> str:
+    "Start `net` (a `SimCLRNet`) from the state dict at `path`, the whole network's or its encoder's; returns the file's md5."
+    if not Path(path).is_file(): raise FileNotFoundError(f"--init {path}: no such file (give the .pt a stage saved)")
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    whole = any(k.startswith('encoder.') for k in state)
+    try: (net if whole else net.encoder).load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ValueError(f"--init {path} does not fit this network ({first}): pass the --arch it was trained with") from None
+    return md5sum(path)
 
 # %% ../nbs/08c_distributed.ipynb #f4e0adb5
-def _pretraining_images(a, device):
-    "Chapter 12's sources: the natural crops (fresh each epoch, the same on every rank), or a MedMNIST training split."
+def _pretraining_data(a, device):
+    "Chapter 12's sources: (uint8 images, or `epoch -> images` for the natural crops, the same on every rank; MICLe's bags or None)."
     if a.data == 'natural':
         from medcl_nb.simclr_micle import natural_crops, natural_photos
         photos = natural_photos().to(device)
-        return lambda epoch: natural_crops(photos, a.crops_per_epoch, seed=a.seed * 1000 + epoch)[0]
+        return (lambda epoch: natural_crops(photos, a.crops_per_epoch, seed=a.seed * 1000 + epoch)[0]), None
+    if a.data == 'lus':                   # as chapter 12's task_data: the training patients, a bag per patient-day
+        from medcl_nb.simclr import BagSampler, bags_from_ids
+        from medcl_nb.simclr_micle import lus_bags, lus_micle_cohort
+        from medcl_nb.simulators import render_lus
+        c = lus_micle_cohort(a.seed)
+        frames = render_lus(c, None, frames=a.lus_frames, size=28, device=device).flatten(0, 1)
+        bag, clip = lus_bags(c, a.lus_frames)
+        train = torch.as_tensor(np.nonzero(np.repeat(np.array(c.split), a.lus_frames) == 'train')[0])
+        return frames[train.to(device)], BagSampler(bags_from_ids(bag[train]), clip_of_image=clip[train])
     from medcl_nb.data import load_split, stratified_sample
-    return stratified_sample(load_split(a.data, 'train', device=device), a.n_images, a.seed).images
+    return stratified_sample(load_split(a.data, 'train', device=device), a.n_images, a.seed).images, None
 
 def main(argv=None) -> Path:
-    "torchrun's entry point: SimCLR on every rank (`pretrain_simclr`); rank 0 saves the weights; returns their path."
+    "torchrun's entry point: SimCLR or MICLe on every rank (`pretrain_simclr`); rank 0 saves the weights; returns their path."
     from medcl_nb.simclr import SimCLRNet, pretrain_simclr, pretraining_augment   # here: simclr imports this module
-    a = pretraining_parser().parse_args(argv)
+    a = parse_pretraining(argv)
     with process_group(a.backend, a.timeout, a.device) as device:
         rank, world = rank_and_world()
-        protocol = {k: getattr(a, k) for k in PROTOCOL_KEYS}
+        with seeded_rng(a.seed): net = SimCLRNet(a.arch)          # as chapter 12 builds it
+        protocol = {k: getattr(a, k) for k in PROTOCOL_KEYS} | {'init': None if a.init is None else load_init(net, a.init)}
         out = pretrained_path(protocol, world)
         ckpt = runs_dir()/'checkpoints'/'pretrained'/out.name
         if out.exists():
             if rank == 0: print(f"{out} exists: nothing to do (delete it to pretrain again)", flush=True)
             return out
+        with rank_zero_first(): images, bags = _pretraining_data(a, device)   # one download, then the cache
         seed_everything(a.seed)
-        with seeded_rng(a.seed): net = SimCLRNet(a.arch)          # as chapter 12 builds it
-        history = pretrain_simclr(net, _pretraining_images(a, device), pretraining_augment('colour'), a.epochs, a.batch_size,
-                                  a.temperature, a.seed, device, checkpoint_path=ckpt, sync_bn=a.sync_bn,
-                                  desc=f"SimCLR {a.data} {a.arch} on {world} processes")
+        history = pretrain_simclr(net, images, pretraining_augment('colour'), a.epochs, a.batch_size, a.temperature, a.seed,
+                                  device, bags=bags, positives=a.positives or 'micle', checkpoint_path=ckpt, steps=a.steps,
+                                  sync_bn=a.sync_bn, desc=f"{out.name.split('-')[0]} {a.data} {a.arch} on {world} processes")
         if rank == 0:
             out.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(out, net.state_dict())
-            atomic_write_json(out.with_suffix('.json'), {'protocol': protocol, 'world_size': world, 'device': device_name(device),
-                                                         'backend': dist.get_backend(), 'history': history,
-                                                         **git_state(), 'versions': library_versions()})
+            atomic_write_json(out.with_suffix('.json'), {'protocol': protocol, 'init_file': a.init, 'world_size': world,
+                                                         'device': device_name(device), 'backend': dist.get_backend(),
+                                                         'history': history, **git_state(), 'versions': library_versions()})
             ckpt.unlink(missing_ok=True)
             print(f"saved {out}", flush=True)
         dist.barrier()
     return out
 
 # %% ../nbs/08c_distributed.ipynb #7b9b097a
-if __name__ == '__main__' and '__file__' in globals(): main()   # `python -m`, not a notebook running this cell
+if __name__ == '__main__' and '__file__' in globals():   # `python -m`, not a notebook running this cell
+    try: main()
+    except (RuntimeError, ValueError, OSError) as e: sys.exit(f"medcl_nb.distributed: {type(e).__name__}: {e}")   # one line per rank

@@ -3,12 +3,13 @@ without importing the book again), and the torchrun command itself."""
 import json, multiprocessing, os, socket, subprocess, sys, time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from medcl_nb.core import seeded_rng
+from medcl_nb.core import md5sum, seed_everything, seeded_rng
 from medcl_nb.distributed import process_group
 from medcl_nb.losses import multi_positive_nt_xent, nt_xent_loss, positive_mask_from_groups
 from medcl_nb.simclr import BagSampler, SimCLRNet, contrastive_batches, pretrain_simclr, pretraining_augment
@@ -24,24 +25,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(fn, rank, port, timeout_s, out, args):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+def _rank_main(fn, rank, world, port, timeout_s, out, args, join=True):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
                       MASTER_PORT=str(port), OMP_NUM_THREADS='1')
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     try:
-        with process_group('gloo', timeout_s, 'cpu'): result = {'ok': fn(rank, *args)}
+        if not join: result = {'ok': fn(rank, *args)}       # fn joins the group itself (the command's `main`)
+        else:
+            with process_group('gloo', timeout_s, 'cpu'): result = {'ok': fn(rank, *args)}
     except Exception as e:
         result = {'error': f"{type(e).__name__}: {e}"}
     torch.save({**result, 'seconds': time.perf_counter() - t0}, out/f'rank{rank}.pt')
 
 
-def run_ranks(fn, out: Path, *args, timeout_s: float = 30, wait_s: float = 60, grace_s: float = 2) -> list[dict]:
-    "`fn(rank, *args)` on 2 forked gloo ranks; per rank {'ok': result} or {'error': message}, or {'died': exitcode}."
-    out.mkdir(parents=True, exist_ok=True)
+def _spawn(fn, out, args, world, port, timeout_s, wait_s, grace_s, join) -> list[dict]:
     for f in out.glob('rank*.pt'): f.unlink()
-    ctx, port = multiprocessing.get_context('fork'), _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(fn, r, port, timeout_s, out, args)) for r in range(WORLD)]
+    ctx = multiprocessing.get_context('fork')
+    procs = [ctx.Process(target=_rank_main, args=(fn, r, world, port, timeout_s, out, args, join)) for r in range(world)]
     for p in procs: p.start()
     deadline = time.monotonic() + wait_s
     while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
@@ -52,10 +53,23 @@ def run_ranks(fn, out: Path, *args, timeout_s: float = 30, wait_s: float = 60, g
         time.sleep(0.05)
     results = []
     for r, p in enumerate(procs):
-        if p.is_alive(): p.kill()
+        killed = p.is_alive()
+        if killed: p.kill()
         p.join()
         f = out/f'rank{r}.pt'
-        results.append(torch.load(f, weights_only=False) if f.exists() else {'died': p.exitcode})
+        results.append({**(torch.load(f, weights_only=False) if f.exists() else {'died': p.exitcode}), **({'killed': True} if killed else {})})
+    return results
+
+
+def run_ranks(fn, out: Path, *args, world: int = WORLD, port: int | None = None, tries: int = 3, timeout_s: float = 30,
+              wait_s: float = 60, grace_s: float = 2, join: bool = True) -> list[dict]:
+    """`fn(rank, *args)` on `world` forked gloo ranks; per rank {'ok': result} or {'error': message}, or {'died': exitcode},
+    with 'killed' when the spawner had to end it. A taken port (`PortInUse`) is retried on a free one, `tries` times in all."""
+    out.mkdir(parents=True, exist_ok=True)
+    for _ in range(tries):
+        results = _spawn(fn, out, args, world, port or _free_port(), timeout_s, wait_s, grace_s, join)
+        if not any(r.get('error', '').startswith('PortInUse') for r in results): break
+        port = None            # taken (on purpose, or by a program that took the free port first): another one
     return results
 
 
@@ -99,6 +113,26 @@ def test_loss_and_gradients_on_2_ranks_equal_one_process_on_the_whole_batch(tmp_
         for rank in ranks:
             torch.testing.assert_close(rank[k][0], loss, rtol=1e-6, atol=1e-6)
             for got, want in zip(rank[k][1], grads): torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+# The training step itself: SimCLR and MICLe on 2 ranks x N end where one process on 2N ends
+
+def _pretrained_linear(rank=0, bags=None):
+    "Two epochs of `pretrain_simclr` with a deterministic augmentation (no stream per rank to differ): the weights."
+    with seeded_rng(0): net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    pretrain_simclr(net, _IDS, lambda x: x.float() / 255, epochs=2, batch_size=8, seed=1, bags=bags)
+    return net.state_dict()
+
+def _both_forms(rank):
+    return {'simclr': _pretrained_linear(rank), 'micle': _pretrained_linear(rank, _BAGS)}
+
+def test_simclr_and_micle_training_on_2_ranks_equals_one_process_on_the_global_batch(tmp_path):
+    ranks = _ok(run_ranks(_both_forms, tmp_path))
+    for kind, bags in (('simclr', None), ('micle', _BAGS)):
+        alone = _pretrained_linear(bags=bags)
+        assert not torch.allclose(alone['1.weight'], _pretrained_linear(bags=None if bags is not None else _BAGS)['1.weight'])
+        for rank in ranks:
+            for k in alone: torch.testing.assert_close(rank[kind][k], alone[k], rtol=1e-5, atol=1e-6, msg=f'{kind} {k}')
 
 
 # Each rank's share of every global batch
@@ -167,13 +201,22 @@ class _StopAt:
 
 _IMAGES = torch.randint(0, 256, (24, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
-def _pretrain(checkpoint_path, stop_at=None):
+def _pretrain(checkpoint_path=None, stop_at=None):
+    seed_everything(0)
     with seeded_rng(0): net = SimCLRNet('resnet18_w8')
     augment = pretraining_augment('colour', size=16)
     try: pretrain_simclr(net, _IMAGES, augment if stop_at is None else _StopAt(augment, stop_at), epochs=3,
                          batch_size=8, seed=0, checkpoint_path=checkpoint_path)
     except _Interrupted: return None
     return net.state_dict()
+
+def _same(a, b) -> bool:
+    "Nested dicts, lists and tensors equal to the bit."
+    if isinstance(a, dict): return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)): return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, torch.Tensor): return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, np.ndarray): return np.array_equal(a, b)
+    return a == b
 
 def _straight_and_interrupted(rank, folder):
     return _pretrain(folder/'straight.pt'), _pretrain(folder/'stopped.pt', stop_at=2 * (3 + 1) + 1)   # epoch 2, step 2
@@ -194,6 +237,23 @@ def test_an_interrupted_2_rank_run_resumes_to_the_weights_of_one_that_was_not(tm
         assert not different, (rank, different)
     params = [k for k, _ in SimCLRNet('resnet18_w8').named_parameters()]
     assert all(torch.equal(resumed[1][k], first[0][0][k]) for k in params)   # the weights are the same on every rank
+    # and the whole state both runs end with (rank 0 wrote each run's last checkpoint): optimiser, schedule, step, streams
+    straight, stopped = load_checkpoint(tmp_path/'straight.pt'), load_checkpoint(tmp_path/'stopped.pt')
+    assert (stopped['epoch'], stopped['global_step']) == (straight['epoch'], straight['global_step']) == (3, 9)
+    for key in ('optimizer', 'scheduler', 'rng_by_rank'): assert _same(stopped[key], straight[key]), key
+    assert [h['loss'] for h in stopped['history']] == [h['loss'] for h in straight['history']]
+
+
+# One rank is the one-process run
+
+def test_a_1_rank_run_is_the_one_process_run_with_the_same_seed(tmp_path):
+    (one_rank,) = _ok(run_ranks(lambda rank: _pretrain(), tmp_path, world=1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                               # as the rank ran: the same order of float additions
+    try: alone = _pretrain()                               # this process, no process group
+    finally: torch.set_num_threads(threads)
+    different = [k for k in alone if not torch.equal(one_rank[k], alone[k])]
+    assert not different, different
 
 
 # A rank that dies or stalls: the others stop with an error, they do not hang
@@ -203,19 +263,89 @@ def _fails(rank, how):
         augment.calls += 1
         if rank == 1 and augment.calls == 3:
             if how == 'dies': os._exit(3)
+            if how == 'raises': raise ValueError('rank 1 fails on purpose')
             time.sleep(60)
         return x.float() / 255
     augment.calls = 0
     pretrain_simclr(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), _IDS, augment, epochs=50, batch_size=8)
 
-@pytest.mark.parametrize('how', ['dies', 'stalls'])
-def test_a_rank_that_dies_or_stalls_stops_the_others_with_an_error(tmp_path, how):
+@pytest.mark.parametrize('how', ['dies', 'raises', 'stalls'])
+def test_a_rank_that_dies_raises_or_stalls_stops_the_others_with_an_error(tmp_path, how):
     t0 = time.monotonic()
     rank0, rank1 = run_ranks(_fails, tmp_path, how, timeout_s=3, wait_s=30)
     assert time.monotonic() - t0 < 25
-    assert 'died' in rank1
+    if how == 'raises': assert rank1['error'] == 'ValueError: rank 1 fails on purpose', rank1   # the book's error, unchanged
+    else: assert 'died' in rank1 or rank1.get('killed'), rank1
     assert rank0.get('error', '').startswith('RankFailure: rank 0 of 2 stopped: '), rank0
-    assert rank0['seconds'] < 15, rank0
+    assert '\n' not in rank0['error'] and rank0['seconds'] < 15, rank0
+    assert 'killed' not in rank0, rank0                        # it stopped by itself; the spawner did not have to end it
+
+
+_SCRIPT = '''import sys, time, torch, torch.distributed as dist
+from medcl_nb.distributed import process_group
+with process_group('gloo', 20, 'cpu'):
+    if sys.argv[1] == 'orphaned': print('ready', flush=True); time.sleep(60)
+    if dist.get_rank() == 1: raise ValueError('rank 1 fails on purpose')
+    dist.all_reduce(torch.ones(1))   # rank 0 waits here for a rank that is gone
+'''
+
+def _running(marker: str) -> list[int]:
+    "The processes whose command line holds `marker` (zombies have none)."
+    found = []
+    for d in Path('/proc').iterdir():
+        try:
+            if d.name.isdigit() and marker.encode() in (d/'cmdline').read_bytes(): found.append(int(d.name))
+        except OSError: pass
+    return found
+
+def _torchrun(*args, cwd, stdout, stderr, env=None):
+    return subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *args],
+                            cwd=cwd, env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO), **(env or {})},
+                            stdout=stdout, stderr=stderr, text=True, start_new_session=True)
+
+def _wait(p, timeout_s):
+    "`p`'s exit status; on a timeout its whole session is killed (no launcher left behind by the test) and the test fails."
+    try: return p.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9); p.wait()
+        pytest.fail(f'torchrun still running after {timeout_s} s')
+
+@pytest.mark.skipif(not Path('/proc/self/cmdline').exists(), reason='lists processes through /proc')
+def test_under_torchrun_a_rank_that_raises_ends_the_run_and_leaves_no_worker(tmp_path):
+    script = tmp_path/'fails.py'; script.write_text(_SCRIPT)
+    p = _torchrun(str(script), 'raises', cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode != 0 and 'ValueError: rank 1 fails on purpose' in err, err[-3000:]
+    assert not _running(str(script))
+
+@pytest.mark.skipif(not Path('/proc/self/cmdline').exists(), reason='lists processes through /proc')
+def test_a_killed_launcher_leaves_no_worker_behind(tmp_path):
+    script, log = tmp_path/'orphaned.py', tmp_path/'out.log'
+    script.write_text(_SCRIPT)
+    with open(log, 'w') as f: p = _torchrun(str(script), 'orphaned', cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while log.read_text().count('ready') < 2 and p.poll() is None and time.monotonic() < deadline: time.sleep(0.2)
+    assert log.read_text().count('ready') == 2, log.read_text()[-3000:]
+    os.kill(p.pid, 9); p.wait()                                # the launcher only: its ranks live in sessions of their own
+    deadline = time.monotonic() + 20
+    while _running(str(script)) and time.monotonic() < deadline: time.sleep(0.2)
+    left = _running(str(script))
+    for pid in left: os.kill(pid, 9)
+    assert not left, f'workers left behind: {left}'
+
+
+# A taken port
+
+def _hello(rank):
+    x = torch.tensor([rank + 1.0]); dist.all_reduce(x)
+    return float(x)
+
+def test_a_taken_port_is_named_and_the_spawner_retries_on_a_free_one(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(('', 0)); busy.listen(); port = busy.getsockname()[1]
+        first = run_ranks(_hello, tmp_path, port=port, tries=1, grace_s=0.5)
+        assert first[0]['error'].startswith(f'PortInUse: rank 0 of 2 stopped: MASTER_PORT {port} is already in use'), first
+        assert _ok(run_ranks(_hello, tmp_path, port=port, grace_s=0.5)) == [3.0, 3.0]
 
 
 # The command a reader runs
@@ -232,3 +362,50 @@ def test_the_torchrun_command_pretrains_and_saves_the_encoder(project):
     info = json.loads(saved[0].with_suffix('.json').read_text())
     assert info['world_size'] == 2 and info['backend'] == 'gloo' and len(info['history']) == 1
     assert not any((project/'runs'/'checkpoints'/'pretrained').glob('*.pt'))   # the spent checkpoint is gone
+
+
+def _main(rank, argv):
+    from medcl_nb.distributed import main
+    return str(main(argv))
+
+def test_the_command_runs_micle_from_the_natural_stage(project, tmp_path):
+    "natural -> MICLe, as chapter 12 composes its stages: the LUS bags, started from the natural stage's weights (`--init`)."
+    common = ['--arch', 'resnet18_w8', '--batch-size', '8', '--device', 'cpu', '--backend', 'gloo']
+    (natural_path, _) = _ok(run_ranks(_main, tmp_path/'a', ['--epochs', '1', '--crops-per-epoch', '16', *common], join=False))
+    (micle_path, other) = _ok(run_ranks(_main, tmp_path/'b', ['--data', 'lus', '--lus-frames', '1', '--steps', '2',
+                                                              '--init', natural_path, *common], join=False))
+    micle_path = Path(micle_path)
+    assert micle_path == Path(other) and micle_path.name.startswith('micle-lus-resnet18_w8-seed0-'), micle_path
+    info = json.loads(micle_path.with_suffix('.json').read_text())
+    assert info['protocol']['init'] == md5sum(natural_path) and info['protocol']['positives'] == 'micle', info['protocol']
+    assert len(info['history']) == 1 and info['history'][0]['steps'] == 2 and info['world_size'] == 2, info['history']
+    natural, after = torch.load(natural_path, weights_only=True), torch.load(micle_path, weights_only=True)
+    with seeded_rng(0): scratch = SimCLRNet('resnet18_w8').state_dict()   # where a run without --init would start
+    moved = lambda a: max(float((after[k].float() - a[k].float()).abs().max()) for k in after if after[k].is_floating_point())
+    assert 0 < moved(natural) < moved(scratch)                 # trained, from the natural stage's weights
+
+# Rank 0 fetches the data; the others wait, then read the cache
+
+def _fetch_logged(rank, log):
+    "The command's `main` on MedMNIST, every `ensure_file` logged: (rank, file, cached before?, start, end)."
+    import medcl_nb.data as data
+    from medcl_nb.distributed import main
+    ensure = data.ensure_file
+    def logged(f, root=None, download=True):
+        cached, t0 = (Path(root) if root else data.data_dir()).joinpath(f.relpath).exists(), time.monotonic()
+        try: return ensure(f, root, download)
+        finally:
+            with open(log, 'a') as out: out.write(json.dumps([rank, f.relpath, cached, t0, time.monotonic()]) + '\n')
+    data.ensure_file = logged
+    return str(main(['--data', 'breastmnist', '--n-images', '16', '--arch', 'resnet18_w8', '--epochs', '1',
+                     '--batch-size', '8', '--device', 'cpu', '--backend', 'gloo']))
+
+def test_rank_0_fetches_the_data_while_the_others_wait(project, source, monkeypatch, tmp_path):
+    monkeypatch.setenv('MEDCL_DATA_MIRROR', str(source))    # a fresh cache, filled from the verified copies
+    log = tmp_path/'fetch.log'
+    paths = _ok(run_ranks(_fetch_logged, tmp_path/'ranks', log, join=False))
+    assert paths[0] == paths[1] and Path(paths[0]).is_file()
+    calls = [json.loads(l) for l in log.read_text().splitlines()]
+    first, others = [c for c in calls if c[0] == 0], [c for c in calls if c[0] == 1]
+    assert first and others and not any(c[2] for c in first) and all(c[2] for c in others), calls   # rank 0 wrote, rank 1 read
+    assert max(c[4] for c in first) <= min(c[3] for c in others), calls                                # after rank 0 had finished
