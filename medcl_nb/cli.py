@@ -18,9 +18,9 @@ from .data import BOOK_DATASETS, DataError, dataset_files, dataset_status, fetch
 # %% auto #0
 __all__ = ['FIXED_PARAMS', 'SMOKE_WARNING', 'read_notebook', 'parameters_cell', 'find_chapters', 'check_value', 'parse_params',
            'ChapterFailed', 'ChapterInterrupted', 'execute_notebook', 'run_chapter', 'describe_interruption',
-           'ChapterBusy', 'chapter_lock', 'resolve_profile', 'saved_results', 'reproduce', 'plan_chapter', 'plan_row',
-           'format_plan', 'plan_chapters', 'data_verify', 'data_fetch', 'render_readme', 'write_readme',
-           'chapters_command', 'docs_command', 'exercises_command', 'main']
+           'ChapterBusy', 'chapter_lock', 'resolve_profile', 'saved_results', 'reproduce', 'plan_chapter',
+           'plan_counts', 'plan_estimate', 'plan_row', 'format_plan', 'plan_chapters', 'data_verify', 'data_fetch',
+           'render_readme', 'write_readme', 'chapters_command', 'docs_command', 'exercises_command', 'main']
 
 # %% ../nbs/06_cli.ipynb #196a1a5e
 def _source(cell) -> str:
@@ -472,17 +472,33 @@ def plan_chapter(name: str, notebook: Path, profile: str, seeds: list[int], devi
     except (OSError, ValueError) as e:
         raise ChapterFailed(f"planning chapter {name!r}: its runner wrote no readable {plan_json} ({type(e).__name__}); "
                             f"does the chapter pass `plan` to the runner? executed notebook at {out}") from None
+    own = max(wall - plan.get('runner_wall_s', 0.0), 0.0)   # the notebook's cost outside the runner, paid once
     plan.update(papermill_wall_s=round(wall, 2), executed_notebook=str(out), plan_json=str(plan_json),
-                est_chapter_s=round(max(wall - plan.get('runner_wall_s', 0.0), 0.0) + plan['est_total_s'], 1))
+                est_chapter_s=round(own + plan['est_total_s'], 1), est_fresh_chapter_s=round(own + plan_counts(plan)[3], 1))
     return plan
 
+def plan_counts(plan: dict) -> tuple[int, int, float, float]:
+    "(runs left, runs in all, seconds for those left, seconds for all) of a runner's plan, counting (part, seed) runs."
+    seeds = len(plan['seeds'])   # plans written before the runner recorded `n_seeds` and `est_fresh_s`
+    left, every = sum(p.get('to_run', seeds) for p in plan['parts']), sum(p.get('n_seeds', seeds) for p in plan['parts'])
+    return left, every, plan['est_total_s'], plan.get('est_fresh_s', sum(p['est_s'] * p.get('n_seeds', seeds) for p in plan['parts']))
+
+def plan_estimate(plan: dict) -> str:
+    "The estimate in words, with what it counted: nothing left, some of all runs left (and a fresh run), or all."
+    left, every, _, _ = plan_counts(plan)
+    n = f"{len(plan['parts'])} × {len(plan['seeds'])}" if every == len(plan['parts']) * len(plan['seeds']) else str(every)
+    now, fresh = plan['est_chapter_s'] / 60, plan.get('est_fresh_chapter_s', plan['est_chapter_s']) / 60
+    if left == 0: return f"all {n} parts saved: nothing to train ({now:.1f} min of notebook); a fresh run: {fresh:.1f} min"
+    if left < every: return f"{left} of {every} parts to run: {now:.1f} min; a fresh run: {fresh:.1f} min"
+    return f"{every} parts to run: {now:.1f} min"
+
 def plan_row(name: str, plan: dict | None, error: str | None = None) -> tuple:
-    "(chapter, parts × seeds, s/step median (range), estimate) for the plan table."
+    "(chapter, parts × seeds, s/step median (range), estimate in words) for the plan table."
     if plan is None: return (name, error or 'no plan (chapter has no plan parameter)', '', '')
     steps = sorted(f['s_per_step'] for p in plan['parts'] for f in p.get('fits', []))
     speed = (f"{statistics.median(steps):.3g} ({steps[0]:.3g}–{steps[-1]:.3g})" if len(steps) > 1 else
              f"{steps[0]:.3g}" if steps else '-')
-    return (name, f"{len(plan['parts'])} × {len(plan['seeds'])}", speed, f"{plan['est_chapter_s'] / 60:.1f} min")
+    return (name, f"{len(plan['parts'])} × {len(plan['seeds'])}", speed, plan_estimate(plan))
 
 def format_plan(rows: list[tuple], plans: dict, profile: str) -> str:
     "The plan table: a row per chapter (from `plan_row`), then the total and where the plans are."
@@ -492,8 +508,10 @@ def format_plan(rows: list[tuple], plans: dict, profile: str) -> str:
     lines = ['  '.join(c.ljust(x) for c, x in zip(r, w)).rstrip() if r in timed else f"{r[0].ljust(w[0])}  {r[1]}"
              for r in [head, *rows]]
     total = sum(p['est_chapter_s'] for p in plans.values())
+    fresh = sum(p.get('est_fresh_chapter_s', p['est_chapter_s']) for p in plans.values())
     devices = sorted({p.get('device', '?') for p in plans.values()})
-    lines.append(f"total: {total / 60:.1f} min for {len(plans)} chapter(s)" + (f" on {', '.join(devices)}" if devices else ''))
+    lines.append(f"total: {total / 60:.1f} min for {len(plans)} chapter(s)" + (f" on {', '.join(devices)}" if devices else '')
+                 + (f" (a fresh run: {fresh / 60:.1f} min; the rest is saved)" if fresh > total else ''))
     if plans: lines.append(f"plans (JSON and executed notebooks): {_rel(runs_dir()/profile/'plan')}/<chapter>.json, .ipynb")
     return '\n'.join(lines)
 

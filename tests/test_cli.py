@@ -336,6 +336,31 @@ def test_plan_estimate_is_the_notebooks_own_time_plus_the_runners_estimate(proje
     assert plan['est_chapter_s'] == pytest.approx(plan['papermill_wall_s'] - 0.5 + 420.0, abs=0.1)
 
 
+RUNNER_PLANNER = """
+from medcl_nb.runner import run_experiment
+def run_one(part, seed): return {'row': {'accuracy': 0.5}}, {}
+run_experiment(chapter, profile, seeds, {'mnist': 1, 'pneumoniamnist': 1}, run_one, device='cpu', plan=plan)
+"""
+
+
+def test_plan_says_what_it_counted_when_parts_are_saved(project, capsys):
+    "A chapter whose every part is saved costs only its notebook: the plan says so, and what a fresh run would cost."
+    from medcl_nb.report import save_seed_result
+    fake_chapter(project, 'planned', params='\nplan = False', body=RUNNER_PLANNER)
+    for part in ('mnist', 'pneumoniamnist'):
+        for seed in (0, 1, 2): save_seed_result('planned', 'reduced', seed, {'row': {'accuracy': 0.5}}, {'profile': 'reduced'}, part=part)
+    args = ['reproduce', 'planned', '--plan', '--profile', 'reduced', '--seeds', '0', '1', '2', '--device', 'cpu']
+    assert main(args) == 0
+    row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('planned'))
+    assert re.search(r'all 2 × 3 parts saved: nothing to train \([\d.]+ min of notebook\); a fresh run: [\d.]+ min', row), row
+    (project/'figures/planned/reduced/results/seed2-mnist.json').unlink()
+    assert main(args) == 0
+    row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('planned'))
+    assert re.search(r'1 of 6 parts to run: [\d.]+ min; a fresh run: [\d.]+ min', row), row
+    plan = json.loads((project/'runs/reduced/plan/planned.json').read_text())
+    assert [p['n_seeds'] for p in plan['parts']] == [3, 3] and [p['to_run'] for p in plan['parts']] == [1, 0]
+
+
 # --- unreadable files: one line naming the file and the fix ------------------------------------------------------
 
 def unprivileged(cmd: list) -> list:
