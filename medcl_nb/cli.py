@@ -11,16 +11,18 @@ from pathlib import Path
 
 from .core import (PROFILES, DEVICES, atomic_write_json, atomic_write_text, by_profile, clear_run_status,
                            get_device, git_state, md5sum, output_dir, project_root, read_run_status, runs_dir)
-from .data import BOOK_DATASETS, DataError, dataset_files, dataset_status, fetch_dataset, mirror_dir
+from .data import (BOOK_DATASETS, DataError, dataset_files, dataset_status, fetch_dataset, known_datasets,
+                           mirror_dir)
 # torch, nbformat and the report's pandas are imported where they are used: `medcl --help` and `medcl chapters`
 # answer in a fraction of a second (importing them all took 13-20 s on a loaded 2-core machine)
 
 # %% auto #0
 __all__ = ['FIXED_PARAMS', 'SMOKE_WARNING', 'read_notebook', 'parameters_cell', 'find_chapters', 'check_value', 'parse_params',
            'ChapterFailed', 'ChapterInterrupted', 'execute_notebook', 'run_chapter', 'describe_interruption',
-           'ChapterBusy', 'chapter_lock', 'resolve_profile', 'saved_results', 'reproduce', 'plan_chapter',
-           'plan_counts', 'plan_estimate', 'plan_row', 'format_plan', 'plan_chapters', 'data_verify', 'data_fetch',
-           'render_readme', 'write_readme', 'chapters_command', 'docs_command', 'exercises_command', 'main']
+           'ChapterBusy', 'chapter_lock', 'chapter_datasets', 'check_chapter_data', 'resolve_profile', 'saved_results',
+           'reproduce', 'plan_chapter', 'plan_counts', 'plan_estimate', 'plan_row', 'format_plan', 'plan_chapters',
+           'data_verify', 'data_fetch', 'render_readme', 'write_readme', 'chapters_command', 'docs_command',
+           'exercises_command', 'main']
 
 # %% ../nbs/06_cli.ipynb #196a1a5e
 def _source(cell) -> str:
@@ -308,6 +310,35 @@ def chapter_lock(chapter: str, profile: str):
         f.write(f"by process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"); f.flush()
         yield path
 
+# %% ../nbs/06_cli.ipynb #70dce9f6
+def chapter_datasets(nb, params: dict) -> list[str]:
+    "The datasets a chapter reads: the dataset names in its parameters (after -p), else those its code cells name."
+    known = set(known_datasets())
+    def names(v): return [x for x in ([v] if isinstance(v, str) else v if isinstance(v, (list, tuple)) else [])
+                          if isinstance(x, str) and x in known]
+    found = [n for k, v in params.items() if k not in FIXED_PARAMS for n in names(v)]
+    for cell in nb['cells'] if not found else []:
+        if cell['cell_type'] != 'code': continue
+        code = '\n'.join(l for l in _source(cell).splitlines() if not l.lstrip().startswith(('%', '!')))
+        try: tree = ast.parse(code)
+        except SyntaxError: continue
+        found += [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in known]
+    return list(dict.fromkeys(found))
+
+def check_chapter_data(chapter: str, names) -> None:
+    "Raise a one-line `DataError` naming the file and the fix if a file of `names` is damaged in the cache (or mirror)."
+    for name in names:
+        for r in dataset_status(name):
+            if r['status'] == 'unreadable' or r['mirror'] == 'unreadable': raise DataError(f"chapter {chapter!r}: {r['error']}")
+            if r['status'] == 'wrong md5':
+                raise DataError(f"chapter {chapter!r} reads {r['path']}, whose md5 is not the published {r['expected_md5']}: "
+                                f"delete it and run `medcl data fetch {name}` (it copies a verified file from MEDCL_DATA_MIRROR or downloads one)")
+            if r['status'] == 'missing' and r['mirror'] == 'wrong md5':
+                raise DataError(f"chapter {chapter!r} would copy {mirror_dir()/r['file']} from MEDCL_DATA_MIRROR, whose md5 is not the "
+                                f"published {r['expected_md5']}: replace the mirror's copy with a verified one, or check "
+                                f"MEDCL_DATA_MIRROR (unset it so that `medcl data fetch {name}` downloads the file)")
+            if r['status'] == 'missing': mirror_dir()   # a MEDCL_DATA_MIRROR that is not a folder: its one-line error now
+
 # %% ../nbs/06_cli.ipynb #35856d41
 SMOKE_WARNING = ("SMOKE profile: tiny subsets and one epoch to check that every step runs. These numbers are NOT "
                  "the paper comparison; the book's tables come from `--profile reduced` (the paper's protocol scaled "
@@ -401,7 +432,8 @@ def reproduce(chapters=None, profile='auto', seeds=None, device='auto', stream=T
         try:
             for name in chapters: locks.enter_context(chapter_lock(name, profile))
             for name in chapters: _check_readable(name, profile)
-        except (ChapterBusy, ChapterFailed) as e: print(f"medcl: {e}", file=sys.stderr); return 2
+            for name in chapters: check_chapter_data(name, chapter_datasets(read_notebook(known[name]), {**cells[name], **extra}))
+        except (ChapterBusy, ChapterFailed, DataError) as e: print(f"medcl: {e}", file=sys.stderr); return 2
         if plan: return plan_chapters({c: known[c] for c in chapters}, cells, profile, seeds, device, extra)
         return _run_chapters({c: known[c] for c in chapters}, profile, seeds, device, stream, extra)
 

@@ -105,19 +105,22 @@ def test_help_explains_commands_and_profiles():
         assert word in r.stdout, word
 
 
-def test_corrupted_data_file_fails_the_chapter_with_the_fix_and_no_results(project, monkeypatch, capsys, source):
-    "A deliberately corrupted data file: the runner exits non-zero, says what is wrong and how to fix it, writes no result."
+@pytest.mark.parametrize('where', ['cache', 'mirror'])
+def test_corrupted_data_file_stops_reproduce_before_a_kernel_starts(project, monkeypatch, capsys, source, where):
+    "A deliberately corrupted data file: one line naming the file and the fix, before any kernel starts or anything trains."
     repo = Path(__file__).resolve().parent.parent
     shutil.copy(repo/'nbs'/'10_tour.ipynb', project/'nbs')
-    cache = project/'cache'; cache.mkdir()
+    cache, mirror = project/'cache', project/'mirror'; cache.mkdir(); mirror.mkdir()
     data = bytearray((source/'pneumoniamnist.npz').read_bytes()); data[4096] ^= 0x10
-    (cache/'pneumoniamnist.npz').write_bytes(bytes(data))
-    monkeypatch.setenv('MEDCL_DATA', str(cache))
-    assert main(['reproduce', 'tour', '--profile', 'smoke', '--device', 'cpu']) == 1
-    err = capsys.readouterr().err
-    assert "chapter 'tour' failed" in err and 'DataError' in err
-    assert 'expected md5: 28209eda62fecd6e6a2d98b1501bb15f' in err and 'zenodo' in err
-    assert not (project/'runs/smoke/tour/results').exists()
+    ((cache if where == 'cache' else mirror)/'pneumoniamnist.npz').write_bytes(bytes(data))
+    monkeypatch.setenv('MEDCL_DATA', str(cache)); monkeypatch.setenv('MEDCL_DATA_MIRROR', str(mirror))
+    assert main(['reproduce', 'tour', '--profile', 'smoke', '--device', 'cpu']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert str(((cache if where == 'cache' else mirror)/'pneumoniamnist.npz').resolve()) in err
+    assert 'md5 is not the published 28209eda62fecd6e6a2d98b1501bb15f' in err
+    assert ('`medcl data fetch pneumoniamnist`' if where == 'cache' else 'check MEDCL_DATA_MIRROR') in err
+    assert not (project/'runs/smoke/executed').exists() and not (project/'runs/smoke/tour').exists()
 
 
 def test_nbdev_clean_keeps_the_parameters_tag(tmp_path):
