@@ -9,7 +9,7 @@ from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from .core import (PROFILES, DEVICES, atomic_write_json, atomic_write_text, by_profile, clear_run_status,
+from .core import (PROFILES, DEVICES, NotWritable, atomic_write_json, atomic_write_text, by_profile, clear_run_status,
                            get_device, git_state, md5sum, output_dir, project_root, read_run_status, runs_dir)
 from .data import (BOOK_DATASETS, DataError, dataset_files, dataset_status, fetch_dataset, known_datasets,
                            mirror_dir)
@@ -376,6 +376,17 @@ def _check_readable(chapter: str, profile: str):
                             "results: give your user read access (`chmod a+r` the files, `chmod a+rx` the folders) "
                             "or move them away") from None
 
+def _check_writable(chapter: str, profile: str):
+    "Check, before a kernel starts, that the chapter's output folder (and every folder inside it) can be written."
+    d = output_dir(chapter, profile)
+    top = d
+    while not top.exists() and top != top.parent: top = top.parent   # the folder a first run creates it in
+    for f in [top, *(p for p in d.rglob('*') if p.is_dir())] if d.is_dir() else [top]:
+        if not os.access(f, os.W_OK | os.X_OK):
+            raise ChapterFailed(f"cannot write {_rel(f)} (not writable for your user), where chapter {chapter!r} keeps its {profile} "
+                                f"results: give your user write access (`chmod -R u+w {_rel(f)}`) or work in a copy of the "
+                                "project you own")
+
 def _summary(report: list, profile: str) -> str:
     "The closing block: one aligned row per chapter (status, time, executed notebook, tables for those that succeeded)."
     rows = [('chapter', 'status', 'time', 'executed notebook', 'tables and figures')]
@@ -431,7 +442,7 @@ def reproduce(chapters=None, profile='auto', seeds=None, device='auto', stream=T
     with ExitStack() as locks:
         try:
             for name in chapters: locks.enter_context(chapter_lock(name, profile))
-            for name in chapters: _check_readable(name, profile)
+            for name in chapters: _check_readable(name, profile); _check_writable(name, profile)
             for name in chapters: check_chapter_data(name, chapter_datasets(read_notebook(known[name]), {**cells[name], **extra}))
         except (ChapterBusy, ChapterFailed, DataError) as e: print(f"medcl: {e}", file=sys.stderr); return 2
         if plan: return plan_chapters({c: known[c] for c in chapters}, cells, profile, seeds, device, extra)
@@ -759,6 +770,7 @@ def main(argv=None) -> int:
     except DataError as e: print(f"medcl: {e}", file=sys.stderr); code = 1
     except BrokenPipeError:  # `medcl data verify | head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); code = 0
+    except NotWritable as e: print(f"medcl: {e}", file=sys.stderr); code = 1
     except OSError as e:
         if not e.filename: raise
         print(f"medcl: cannot access {e.filename} ({e.strerror}): check its permissions (and its folders')", file=sys.stderr); code = 1

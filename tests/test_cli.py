@@ -408,6 +408,23 @@ def test_unreadable_result_stops_reproduce_before_it_starts(project):
     assert not (project/'runs/full/executed').exists()
 
 
+@pytest.mark.parametrize('first_run', [False, True])
+def test_unwritable_figures_folder_stops_reproduce_with_the_fix(project, first_run):
+    "A figures/ the user cannot write: one line naming the folder and the fix, before a kernel starts (no temporary file named)."
+    fake_chapter(project, 'fake')
+    locked = project/'figures' if first_run else project/'figures/fake/full/results'
+    locked.mkdir(parents=True); locked.chmod(0o555)
+    try:
+        r = subprocess.run(unprivileged([MEDCL, 'reproduce', 'fake', '--profile', 'full', '--device', 'cpu']),
+                           capture_output=True, text=True, env={**os.environ, 'MEDCL_HOME': str(project)})
+    finally: locked.chmod(0o755)
+    assert r.returncode == 2, r
+    assert 'Traceback' not in r.stderr and '.tmp' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    rel = str(locked.relative_to(project))
+    assert f'cannot write {rel} (not writable for your user)' in r.stderr and f'`chmod -R u+w {rel}`' in r.stderr, r.stderr
+    assert not (project/'runs/full/executed').exists()
+
+
 def test_kernel_over_ipc_sends_no_tcp_warning(project):
     fake_chapter(project, 'fake')
     r = subprocess.run([MEDCL, 'reproduce', 'fake', '--profile', 'smoke', '--device', 'cpu'], capture_output=True,
@@ -436,3 +453,4 @@ def test_a_failed_run_leaves_its_record_pending(project):
     fake_chapter(project, 'broken', fail="raise ValueError('the loss exploded')")
     assert main(['reproduce', 'broken', '--profile', 'full', '--seeds', '0', '--device', 'cpu']) == 1
     assert (project/'figures/broken/full/RECORD_PENDING').exists() and not (project/'figures/broken/full/broken.ipynb').exists()
+
