@@ -404,6 +404,13 @@ def _mark_pending(chapter: str, profile: str, git: dict):
                       f"A {profile} run of {chapter} started at commit {git.get('git_commit') or 'unknown'} and has not finished: "
                       f"`medcl reproduce {chapter} --profile {profile}` writes {chapter}.ipynb here and removes this file.\n")
 
+def _unrecorded(chapter: str, profile: str, executed: Path, extra: dict) -> str:
+    "The line that says a run with -p overrides left the chapter's executed record alone, and where its notebook is."
+    from medcl_nb.docs import record_path
+    given = ' '.join(_option(k, _literal(v) if not isinstance(v, str) else v) for k, v in extra.items())
+    return (f"medcl: {chapter} ran with {given}: its executed record {_rel(record_path(chapter, profile))} is left as it was "
+            f"(it shows the chapter without overrides; rerun without -p to refresh it); this run's notebook is {_rel(executed)}")
+
 def _write_record(chapter: str, profile: str, executed: Path, git: dict) -> str:
     "Write the chapter's executed record beside its results; `ChapterFailed` when it cannot be written. Its path, relative."
     from medcl_nb.docs import write_record
@@ -465,10 +472,12 @@ def _run_chapters(chapters: dict, profile, seeds, device, stream, extra) -> int:
         start, executed, error = time.perf_counter(), None, None
         row = {'chapter': name, 'profile': profile, 'seeds': seeds, 'seeds_run': todo, 'output_dir': str(output_dir(name, profile))}
         clear_run_status(name, profile)
-        if profile != 'smoke': _mark_pending(name, profile, git)
+        recorded = profile != 'smoke' and not extra   # the record shows the chapter as committed: never a -p variant
+        if recorded: _mark_pending(name, profile, git)
         try:
             executed, status = run_chapter(name, notebook, profile, seeds, device, out_dir, stream, extra), 'ok'
-            if profile != 'smoke': row['record'] = _write_record(name, profile, executed, git)
+            if recorded: row['record'] = _write_record(name, profile, executed, git)
+            elif profile != 'smoke': print(_unrecorded(name, profile, executed, extra), file=sys.stderr, flush=True)
         except ChapterInterrupted:
             kept = out_dir/f'{name}.interrupted.ipynb'
             row.update(status='interrupted', wall_time_s=round(time.perf_counter() - start, 1),

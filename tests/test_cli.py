@@ -454,3 +454,18 @@ def test_a_failed_run_leaves_its_record_pending(project):
     assert main(['reproduce', 'broken', '--profile', 'full', '--seeds', '0', '--device', 'cpu']) == 1
     assert (project/'figures/broken/full/RECORD_PENDING').exists() and not (project/'figures/broken/full/broken.ipynb').exists()
 
+
+def test_a_run_with_param_overrides_leaves_the_executed_record_alone(project, capsys):
+    "-p makes a variant of the chapter: the record of the committed run is neither overwritten nor marked pending."
+    fake_chapter(project, 'fake', params="\nvariant = 'plain'")
+    assert main(['reproduce', 'fake', '--profile', 'full', '--seeds', '0', '--device', 'cpu']) == 0
+    record = project/'figures/fake/full/fake.ipynb'
+    before = record.read_bytes()
+    capsys.readouterr()
+    assert main(['reproduce', 'fake', '--profile', 'full', '--seeds', '0', '1', '--device', 'cpu', '-p', 'variant=lars']) == 0
+    assert record.read_bytes() == before and not (project/'figures/fake/full/RECORD_PENDING').exists()
+    assert trained(project, 'fake') == [0, 1]   # the variant itself ran
+    err = capsys.readouterr().err
+    assert 'fake ran with -p variant=lars: its executed record figures/fake/full/fake.ipynb is left as it was' in err, err
+    assert 'runs/full/executed/fake.ipynb' in err
+    assert json.loads((project/'runs/full/last_run.json').read_text())[0].get('record') is None
