@@ -21,8 +21,8 @@ __all__ = ['FIXED_PARAMS', 'SMOKE_WARNING', 'read_notebook', 'parameters_cell', 
            'ChapterFailed', 'ChapterInterrupted', 'execute_notebook', 'run_chapter', 'describe_interruption',
            'ChapterBusy', 'chapter_lock', 'chapter_datasets', 'check_chapter_data', 'resolve_profile', 'saved_results',
            'reproduce', 'plan_chapter', 'plan_counts', 'plan_estimate', 'plan_row', 'format_plan', 'plan_chapters',
-           'data_verify', 'data_fetch', 'render_readme', 'write_readme', 'chapters_command', 'docs_command',
-           'exercises_command', 'main']
+           'data_verify', 'data_fetch', 'render_readme', 'write_readme', 'site_server', 'chapters_command',
+           'docs_command', 'exercises_command', 'main']
 
 # %% ../nbs/06_cli.ipynb #196a1a5e
 def _source(cell) -> str:
@@ -655,6 +655,20 @@ def write_readme(root=None) -> Path:
     write_nb(nb, root/'nbs'/'index.ipynb')
     return atomic_write_text(root/'README.md', text)
 
+# %% ../nbs/06_cli.ipynb #964d6c7f
+_HUNG_UP = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+def site_server(directory: str | Path, port: int = 0, log: bool = True):
+    "A ThreadingHTTPServer of `directory` on 127.0.0.1:`port` (0: a free port) that is quiet when a client hangs up; `log`: one line per request."
+    import functools, http.server
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            if log: super().log_message(*args)
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            if not isinstance(sys.exc_info()[1], _HUNG_UP): super().handle_error(request, client_address)
+    return Server(('127.0.0.1', port), functools.partial(Handler, directory=str(directory)))
+
 # %% ../nbs/06_cli.ipynb #f553bdd9
 def _seeds_text(chapter: str, profile: str) -> str:
     "`0, 1, 2`, `0, 1, 2 × 3 parts`, `0 × 2 parts (+1 partly)` or `-`: the seeds saved for a chapter in a profile."
@@ -733,15 +747,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def docs_command(renderer: str = 'auto', serve: int | None = None) -> int:
     "`medcl docs [--renderer R] [--serve PORT]`."
-    import functools, http.server, subprocess
+    import subprocess
     from medcl_nb.docs import build_site
     try: out = build_site(renderer)
     except subprocess.CalledProcessError as e: print(f'error: quarto render failed (exit {e.returncode}); its messages are above', file=sys.stderr); return 1
     except (RuntimeError, ValueError, FileNotFoundError) as e: print(f'error: {e}', file=sys.stderr); return 2
     print(f"wrote {out}/ ({len(list(out.glob('*.html')))} pages)")
     if serve:
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
-        try: server = http.server.ThreadingHTTPServer(('127.0.0.1', serve), handler)
+        try: server = site_server(out, serve)
         except OSError as e: print(f'error: cannot serve on port {serve} ({e.strerror}): choose another --serve PORT', file=sys.stderr); return 2
         with server:
             print(f'serving http://localhost:{serve}/ (Ctrl-C stops)')
