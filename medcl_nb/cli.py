@@ -9,18 +9,20 @@ from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from .core import (PROFILES, DEVICES, atomic_write_json, atomic_write_text, by_profile, clear_run_status,
+from .core import (PROFILES, DEVICES, NotWritable, atomic_write_json, atomic_write_text, by_profile, clear_run_status,
                            get_device, git_state, md5sum, output_dir, project_root, read_run_status, runs_dir)
-from .data import BOOK_DATASETS, DataError, dataset_files, dataset_status, fetch_dataset, mirror_dir
+from .data import (BOOK_DATASETS, DataError, dataset_files, dataset_status, fetch_dataset, known_datasets,
+                           mirror_dir)
 # torch, nbformat and the report's pandas are imported where they are used: `medcl --help` and `medcl chapters`
 # answer in a fraction of a second (importing them all took 13-20 s on a loaded 2-core machine)
 
 # %% auto #0
 __all__ = ['FIXED_PARAMS', 'SMOKE_WARNING', 'read_notebook', 'parameters_cell', 'find_chapters', 'check_value', 'parse_params',
            'ChapterFailed', 'ChapterInterrupted', 'execute_notebook', 'run_chapter', 'describe_interruption',
-           'ChapterBusy', 'chapter_lock', 'resolve_profile', 'saved_results', 'reproduce', 'plan_chapter', 'plan_row',
-           'format_plan', 'plan_chapters', 'data_verify', 'data_fetch', 'render_readme', 'write_readme',
-           'chapters_command', 'docs_command', 'exercises_command', 'main']
+           'ChapterBusy', 'chapter_lock', 'chapter_datasets', 'check_chapter_data', 'resolve_profile', 'saved_results',
+           'reproduce', 'plan_chapter', 'plan_counts', 'plan_estimate', 'plan_row', 'format_plan', 'plan_chapters',
+           'data_verify', 'data_fetch', 'render_readme', 'write_readme', 'site_server', 'chapters_command',
+           'docs_command', 'exercises_command', 'main']
 
 # %% ../nbs/06_cli.ipynb #196a1a5e
 def _source(cell) -> str:
@@ -308,6 +310,35 @@ def chapter_lock(chapter: str, profile: str):
         f.write(f"by process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"); f.flush()
         yield path
 
+# %% ../nbs/06_cli.ipynb #70dce9f6
+def chapter_datasets(nb, params: dict) -> list[str]:
+    "The datasets a chapter reads: the dataset names in its parameters (after -p), else those its code cells name."
+    known = set(known_datasets())
+    def names(v): return [x for x in ([v] if isinstance(v, str) else v if isinstance(v, (list, tuple)) else [])
+                          if isinstance(x, str) and x in known]
+    found = [n for k, v in params.items() if k not in FIXED_PARAMS for n in names(v)]
+    for cell in nb['cells'] if not found else []:
+        if cell['cell_type'] != 'code': continue
+        code = '\n'.join(l for l in _source(cell).splitlines() if not l.lstrip().startswith(('%', '!')))
+        try: tree = ast.parse(code)
+        except SyntaxError: continue
+        found += [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in known]
+    return list(dict.fromkeys(found))
+
+def check_chapter_data(chapter: str, names) -> None:
+    "Raise a one-line `DataError` naming the file and the fix if a file of `names` is damaged in the cache (or mirror)."
+    for name in names:
+        for r in dataset_status(name):
+            if r['status'] == 'unreadable' or r['mirror'] == 'unreadable': raise DataError(f"chapter {chapter!r}: {r['error']}")
+            if r['status'] == 'wrong md5':
+                raise DataError(f"chapter {chapter!r} reads {r['path']}, whose md5 is not the published {r['expected_md5']}: "
+                                f"delete it and run `medcl data fetch {name}` (it copies a verified file from MEDCL_DATA_MIRROR or downloads one)")
+            if r['status'] == 'missing' and r['mirror'] == 'wrong md5':
+                raise DataError(f"chapter {chapter!r} would copy {mirror_dir()/r['file']} from MEDCL_DATA_MIRROR, whose md5 is not the "
+                                f"published {r['expected_md5']}: replace the mirror's copy with a verified one, or check "
+                                f"MEDCL_DATA_MIRROR (unset it so that `medcl data fetch {name}` downloads the file)")
+            if r['status'] == 'missing': mirror_dir()   # a MEDCL_DATA_MIRROR that is not a folder: its one-line error now
+
 # %% ../nbs/06_cli.ipynb #35856d41
 SMOKE_WARNING = ("SMOKE profile: tiny subsets and one epoch to check that every step runs. These numbers are NOT "
                  "the paper comparison; the book's tables come from `--profile reduced` (the paper's protocol scaled "
@@ -345,6 +376,17 @@ def _check_readable(chapter: str, profile: str):
                             "results: give your user read access (`chmod a+r` the files, `chmod a+rx` the folders) "
                             "or move them away") from None
 
+def _check_writable(chapter: str, profile: str):
+    "Check, before a kernel starts, that the chapter's output folder (and every folder inside it) can be written."
+    d = output_dir(chapter, profile)
+    top = d
+    while not top.exists() and top != top.parent: top = top.parent   # the folder a first run creates it in
+    for f in [top, *(p for p in d.rglob('*') if p.is_dir())] if d.is_dir() else [top]:
+        if not os.access(f, os.W_OK | os.X_OK):
+            raise ChapterFailed(f"cannot write {_rel(f)} (not writable for your user), where chapter {chapter!r} keeps its {profile} "
+                                f"results: give your user write access (`chmod -R u+w {_rel(f)}`) or work in a copy of the "
+                                "project you own")
+
 def _summary(report: list, profile: str) -> str:
     "The closing block: one aligned row per chapter (status, time, executed notebook, tables for those that succeeded)."
     rows = [('chapter', 'status', 'time', 'executed notebook', 'tables and figures')]
@@ -361,6 +403,13 @@ def _mark_pending(chapter: str, profile: str, git: dict):
     atomic_write_text(output_dir(chapter, profile)/RECORD_PENDING,
                       f"A {profile} run of {chapter} started at commit {git.get('git_commit') or 'unknown'} and has not finished: "
                       f"`medcl reproduce {chapter} --profile {profile}` writes {chapter}.ipynb here and removes this file.\n")
+
+def _unrecorded(chapter: str, profile: str, executed: Path, extra: dict) -> str:
+    "The line that says a run with -p overrides left the chapter's executed record alone, and where its notebook is."
+    from medcl_nb.docs import record_path
+    given = ' '.join(_option(k, _literal(v) if not isinstance(v, str) else v) for k, v in extra.items())
+    return (f"medcl: {chapter} ran with {given}: its executed record {_rel(record_path(chapter, profile))} is left as it was "
+            f"(it shows the chapter without overrides; rerun without -p to refresh it); this run's notebook is {_rel(executed)}")
 
 def _write_record(chapter: str, profile: str, executed: Path, git: dict) -> str:
     "Write the chapter's executed record beside its results; `ChapterFailed` when it cannot be written. Its path, relative."
@@ -400,8 +449,9 @@ def reproduce(chapters=None, profile='auto', seeds=None, device='auto', stream=T
     with ExitStack() as locks:
         try:
             for name in chapters: locks.enter_context(chapter_lock(name, profile))
-            for name in chapters: _check_readable(name, profile)
-        except (ChapterBusy, ChapterFailed) as e: print(f"medcl: {e}", file=sys.stderr); return 2
+            for name in chapters: _check_readable(name, profile); _check_writable(name, profile)
+            for name in chapters: check_chapter_data(name, chapter_datasets(read_notebook(known[name]), {**cells[name], **extra}))
+        except (ChapterBusy, ChapterFailed, DataError) as e: print(f"medcl: {e}", file=sys.stderr); return 2
         if plan: return plan_chapters({c: known[c] for c in chapters}, cells, profile, seeds, device, extra)
         return _run_chapters({c: known[c] for c in chapters}, profile, seeds, device, stream, extra)
 
@@ -422,10 +472,12 @@ def _run_chapters(chapters: dict, profile, seeds, device, stream, extra) -> int:
         start, executed, error = time.perf_counter(), None, None
         row = {'chapter': name, 'profile': profile, 'seeds': seeds, 'seeds_run': todo, 'output_dir': str(output_dir(name, profile))}
         clear_run_status(name, profile)
-        if profile != 'smoke': _mark_pending(name, profile, git)
+        recorded = profile != 'smoke' and not extra   # the record shows the chapter as committed: never a -p variant
+        if recorded: _mark_pending(name, profile, git)
         try:
             executed, status = run_chapter(name, notebook, profile, seeds, device, out_dir, stream, extra), 'ok'
-            if profile != 'smoke': row['record'] = _write_record(name, profile, executed, git)
+            if recorded: row['record'] = _write_record(name, profile, executed, git)
+            elif profile != 'smoke': print(_unrecorded(name, profile, executed, extra), file=sys.stderr, flush=True)
         except ChapterInterrupted:
             kept = out_dir/f'{name}.interrupted.ipynb'
             row.update(status='interrupted', wall_time_s=round(time.perf_counter() - start, 1),
@@ -472,17 +524,33 @@ def plan_chapter(name: str, notebook: Path, profile: str, seeds: list[int], devi
     except (OSError, ValueError) as e:
         raise ChapterFailed(f"planning chapter {name!r}: its runner wrote no readable {plan_json} ({type(e).__name__}); "
                             f"does the chapter pass `plan` to the runner? executed notebook at {out}") from None
+    own = max(wall - plan.get('runner_wall_s', 0.0), 0.0)   # the notebook's cost outside the runner, paid once
     plan.update(papermill_wall_s=round(wall, 2), executed_notebook=str(out), plan_json=str(plan_json),
-                est_chapter_s=round(max(wall - plan.get('runner_wall_s', 0.0), 0.0) + plan['est_total_s'], 1))
+                est_chapter_s=round(own + plan['est_total_s'], 1), est_fresh_chapter_s=round(own + plan_counts(plan)[3], 1))
     return plan
 
+def plan_counts(plan: dict) -> tuple[int, int, float, float]:
+    "(runs left, runs in all, seconds for those left, seconds for all) of a runner's plan, counting (part, seed) runs."
+    seeds = len(plan['seeds'])   # plans written before the runner recorded `n_seeds` and `est_fresh_s`
+    left, every = sum(p.get('to_run', seeds) for p in plan['parts']), sum(p.get('n_seeds', seeds) for p in plan['parts'])
+    return left, every, plan['est_total_s'], plan.get('est_fresh_s', sum(p['est_s'] * p.get('n_seeds', seeds) for p in plan['parts']))
+
+def plan_estimate(plan: dict) -> str:
+    "The estimate in words, with what it counted: nothing left, some of all runs left (and a fresh run), or all."
+    left, every, _, _ = plan_counts(plan)
+    n = f"{len(plan['parts'])} × {len(plan['seeds'])}" if every == len(plan['parts']) * len(plan['seeds']) else str(every)
+    now, fresh = plan['est_chapter_s'] / 60, plan.get('est_fresh_chapter_s', plan['est_chapter_s']) / 60
+    if left == 0: return f"all {n} parts saved: nothing to train ({now:.1f} min of notebook); a fresh run: {fresh:.1f} min"
+    if left < every: return f"{left} of {every} parts to run: {now:.1f} min; a fresh run: {fresh:.1f} min"
+    return f"{every} parts to run: {now:.1f} min"
+
 def plan_row(name: str, plan: dict | None, error: str | None = None) -> tuple:
-    "(chapter, parts × seeds, s/step median (range), estimate) for the plan table."
+    "(chapter, parts × seeds, s/step median (range), estimate in words) for the plan table."
     if plan is None: return (name, error or 'no plan (chapter has no plan parameter)', '', '')
     steps = sorted(f['s_per_step'] for p in plan['parts'] for f in p.get('fits', []))
     speed = (f"{statistics.median(steps):.3g} ({steps[0]:.3g}–{steps[-1]:.3g})" if len(steps) > 1 else
              f"{steps[0]:.3g}" if steps else '-')
-    return (name, f"{len(plan['parts'])} × {len(plan['seeds'])}", speed, f"{plan['est_chapter_s'] / 60:.1f} min")
+    return (name, f"{len(plan['parts'])} × {len(plan['seeds'])}", speed, plan_estimate(plan))
 
 def format_plan(rows: list[tuple], plans: dict, profile: str) -> str:
     "The plan table: a row per chapter (from `plan_row`), then the total and where the plans are."
@@ -492,8 +560,10 @@ def format_plan(rows: list[tuple], plans: dict, profile: str) -> str:
     lines = ['  '.join(c.ljust(x) for c, x in zip(r, w)).rstrip() if r in timed else f"{r[0].ljust(w[0])}  {r[1]}"
              for r in [head, *rows]]
     total = sum(p['est_chapter_s'] for p in plans.values())
+    fresh = sum(p.get('est_fresh_chapter_s', p['est_chapter_s']) for p in plans.values())
     devices = sorted({p.get('device', '?') for p in plans.values()})
-    lines.append(f"total: {total / 60:.1f} min for {len(plans)} chapter(s)" + (f" on {', '.join(devices)}" if devices else ''))
+    lines.append(f"total: {total / 60:.1f} min for {len(plans)} chapter(s)" + (f" on {', '.join(devices)}" if devices else '')
+                 + (f" (a fresh run: {fresh / 60:.1f} min; the rest is saved)" if fresh > total else ''))
     if plans: lines.append(f"plans (JSON and executed notebooks): {_rel(runs_dir()/profile/'plan')}/<chapter>.json, .ipynb")
     return '\n'.join(lines)
 
@@ -585,6 +655,20 @@ def write_readme(root=None) -> Path:
     write_nb(nb, root/'nbs'/'index.ipynb')
     return atomic_write_text(root/'README.md', text)
 
+# %% ../nbs/06_cli.ipynb #964d6c7f
+_HUNG_UP = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+def site_server(directory: str | Path, port: int = 0, log: bool = True):
+    "A ThreadingHTTPServer of `directory` on 127.0.0.1:`port` (0: a free port) that is quiet when a client hangs up; `log`: one line per request."
+    import functools, http.server
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            if log: super().log_message(*args)
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            if not isinstance(sys.exc_info()[1], _HUNG_UP): super().handle_error(request, client_address)
+    return Server(('127.0.0.1', port), functools.partial(Handler, directory=str(directory)))
+
 # %% ../nbs/06_cli.ipynb #f553bdd9
 def _seeds_text(chapter: str, profile: str) -> str:
     "`0, 1, 2`, `0, 1, 2 × 3 parts`, `0 × 2 parts (+1 partly)` or `-`: the seeds saved for a chapter in a profile."
@@ -663,15 +747,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def docs_command(renderer: str = 'auto', serve: int | None = None) -> int:
     "`medcl docs [--renderer R] [--serve PORT]`."
-    import functools, http.server, subprocess
+    import subprocess
     from medcl_nb.docs import build_site
     try: out = build_site(renderer)
     except subprocess.CalledProcessError as e: print(f'error: quarto render failed (exit {e.returncode}); its messages are above', file=sys.stderr); return 1
     except (RuntimeError, ValueError, FileNotFoundError) as e: print(f'error: {e}', file=sys.stderr); return 2
     print(f"wrote {out}/ ({len(list(out.glob('*.html')))} pages)")
     if serve:
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
-        try: server = http.server.ThreadingHTTPServer(('127.0.0.1', serve), handler)
+        try: server = site_server(out, serve)
         except OSError as e: print(f'error: cannot serve on port {serve} ({e.strerror}): choose another --serve PORT', file=sys.stderr); return 2
         with server:
             print(f'serving http://localhost:{serve}/ (Ctrl-C stops)')
@@ -709,6 +792,7 @@ def main(argv=None) -> int:
     except DataError as e: print(f"medcl: {e}", file=sys.stderr); code = 1
     except BrokenPipeError:  # `medcl data verify | head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); code = 0
+    except NotWritable as e: print(f"medcl: {e}", file=sys.stderr); code = 1
     except OSError as e:
         if not e.filename: raise
         print(f"medcl: cannot access {e.filename} ({e.strerror}): check its permissions (and its folders')", file=sys.stderr); code = 1

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #227a1d28
 from __future__ import annotations
-import hashlib, json, os, platform, random, re, socket, subprocess, tempfile, time
+import errno, hashlib, json, os, platform, random, re, socket, subprocess, tempfile, time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
@@ -17,9 +17,9 @@ if TYPE_CHECKING: import torch   # for the annotations; numpy and torch are impo
 # %% auto #0
 __all__ = ['PROFILES', 'DEVICES', 'LIBRARIES', 'check_profile', 'by_profile', 'seed_everything', 'seeded_rng', 'get_device',
            'device_name', 'project_root', 'data_dir', 'figures_dir', 'runs_dir', 'output_dir', 'committed_profiles',
-           'current_umask', 'atomic_open', 'atomic_write_text', 'atomic_write_bytes', 'atomic_write_json',
-           'run_status_path', 'write_run_status', 'update_run_status', 'read_run_status', 'clear_run_status', 'md5sum',
-           'library_versions', 'git_state', 'RunTimer', 'run_provenance']
+           'current_umask', 'NotWritable', 'atomic_open', 'atomic_write_text', 'atomic_write_bytes',
+           'atomic_write_json', 'run_status_path', 'write_run_status', 'update_run_status', 'read_run_status',
+           'clear_run_status', 'md5sum', 'library_versions', 'git_state', 'RunTimer', 'run_provenance']
 
 # %% ../nbs/00_core.ipynb #0cb2d849
 PROFILES = ('smoke', 'reduced', 'full')   # from smallest to largest
@@ -142,13 +142,29 @@ def current_umask() -> int:
     mask = os.umask(0o022); os.umask(mask)
     return mask
 
+class NotWritable(PermissionError):
+    "A folder the book must write into is not writable; the message names the file, the folder and the fix."
+    def __str__(self): return self.args[0]
+
+def _not_writable(path: Path, e: OSError) -> OSError:
+    "`e` (from creating `path`'s folder or temporary file) as a `NotWritable` naming the folder that refused; other errors as they are."
+    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS): return e
+    folder = Path(e.filename or path.parent)
+    while not folder.exists() and folder != folder.parent: folder = folder.parent   # the folder that refused
+    err = NotWritable(f"cannot write {path} ({e.strerror}): the folder {folder} is not writable for your user; "
+                      f"give it write access (`chmod u+w {folder}`) or work in a copy of the project you own")
+    err.errno, err.strerror, err.filename = e.errno, e.strerror, str(folder)
+    return err
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = 'w', encoding: str | None = 'utf-8'):
     "Open a temporary sibling of `path` for writing; it replaces `path` only if the `with` block finishes."
     if mode not in ('w', 'wb'): raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    except OSError as e: raise _not_writable(path, e) from None
     try:
         with os.fdopen(fd, mode, encoding=None if 'b' in mode else encoding) as f:
             yield f

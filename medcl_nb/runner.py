@@ -74,16 +74,19 @@ def plan_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, dev
         with measuring_plan(steps) as m, RunTimer() as timer: run_one(part, own[0])
         est = timer.seconds - m.spent_s + m.estimated_s
         to_run = len(seeds_to_run(chapter, profile, own, part=part))
-        lines.append({'part': part, 'est_s': est, 'measured_s': timer.seconds, 'to_run': to_run,
+        lines.append({'part': part, 'est_s': est, 'measured_s': timer.seconds, 'to_run': to_run, 'n_seeds': len(own),
                       'fits': [{k: l[k] for k in ('desc', 'epochs', 'steps_per_epoch', 's_per_step', 'est_s')} for l in m.loops]})
-        print(f"plan: {part}: {len(m.loops)} training loop(s), ~{_clock(est)} per seed (measured in {timer.seconds:.1f} s)", flush=True)
+        print(f"plan: {part}: {len(m.loops)} training loop(s), ~{_clock(est)} per seed (measured in {timer.seconds:.1f} s)"
+              + ('' if to_run else ', every seed already saved'), flush=True)
     plan = {'chapter': chapter, 'profile': profile, 'seeds': seeds, 'device': device_name(device),
             'runner_wall_s': time.perf_counter() - start, 'parts': lines,
             'est_per_seed_s': sum(l['est_s'] for l in lines),
-            'est_total_s': sum(l['est_s'] * l['to_run'] for l in lines)}
+            'est_total_s': sum(l['est_s'] * l['to_run'] for l in lines),       # what is left to train
+            'est_fresh_s': sum(l['est_s'] * l['n_seeds'] for l in lines)}      # a run from nothing saved
     atomic_write_json(plan_path(chapter, profile), plan)
-    raise PlanFinished(f"plan of {chapter} ({profile}): ~{_clock(plan['est_total_s'])} for {len(parts)} part(s) × "
-                       f"{len(seeds)} seed(s) on {plan['device']}; written to {plan_path(chapter, profile)}. "
+    todo, every = sum(l['to_run'] for l in lines), sum(l['n_seeds'] for l in lines)
+    raise PlanFinished(f"plan of {chapter} ({profile}): {todo} of {every} (part, seed) runs to train, ~{_clock(plan['est_total_s'])} "
+                       f"(a fresh run: ~{_clock(plan['est_fresh_s'])}) on {plan['device']}; written to {plan_path(chapter, profile)}. "
                        "Nothing was trained to the end: this stops the notebook on purpose.")
 
 # %% ../nbs/05a_runner.ipynb #f52a7c98

@@ -105,19 +105,22 @@ def test_help_explains_commands_and_profiles():
         assert word in r.stdout, word
 
 
-def test_corrupted_data_file_fails_the_chapter_with_the_fix_and_no_results(project, monkeypatch, capsys, source):
-    "A deliberately corrupted data file: the runner exits non-zero, says what is wrong and how to fix it, writes no result."
+@pytest.mark.parametrize('where', ['cache', 'mirror'])
+def test_corrupted_data_file_stops_reproduce_before_a_kernel_starts(project, monkeypatch, capsys, source, where):
+    "A deliberately corrupted data file: one line naming the file and the fix, before any kernel starts or anything trains."
     repo = Path(__file__).resolve().parent.parent
     shutil.copy(repo/'nbs'/'10_tour.ipynb', project/'nbs')
-    cache = project/'cache'; cache.mkdir()
+    cache, mirror = project/'cache', project/'mirror'; cache.mkdir(); mirror.mkdir()
     data = bytearray((source/'pneumoniamnist.npz').read_bytes()); data[4096] ^= 0x10
-    (cache/'pneumoniamnist.npz').write_bytes(bytes(data))
-    monkeypatch.setenv('MEDCL_DATA', str(cache))
-    assert main(['reproduce', 'tour', '--profile', 'smoke', '--device', 'cpu']) == 1
-    err = capsys.readouterr().err
-    assert "chapter 'tour' failed" in err and 'DataError' in err
-    assert 'expected md5: 28209eda62fecd6e6a2d98b1501bb15f' in err and 'zenodo' in err
-    assert not (project/'runs/smoke/tour/results').exists()
+    ((cache if where == 'cache' else mirror)/'pneumoniamnist.npz').write_bytes(bytes(data))
+    monkeypatch.setenv('MEDCL_DATA', str(cache)); monkeypatch.setenv('MEDCL_DATA_MIRROR', str(mirror))
+    assert main(['reproduce', 'tour', '--profile', 'smoke', '--device', 'cpu']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert str(((cache if where == 'cache' else mirror)/'pneumoniamnist.npz').resolve()) in err
+    assert 'md5 is not the published 28209eda62fecd6e6a2d98b1501bb15f' in err
+    assert ('`medcl data fetch pneumoniamnist`' if where == 'cache' else 'check MEDCL_DATA_MIRROR') in err
+    assert not (project/'runs/smoke/executed').exists() and not (project/'runs/smoke/tour').exists()
 
 
 def test_nbdev_clean_keeps_the_parameters_tag(tmp_path):
@@ -336,6 +339,31 @@ def test_plan_estimate_is_the_notebooks_own_time_plus_the_runners_estimate(proje
     assert plan['est_chapter_s'] == pytest.approx(plan['papermill_wall_s'] - 0.5 + 420.0, abs=0.1)
 
 
+RUNNER_PLANNER = """
+from medcl_nb.runner import run_experiment
+def run_one(part, seed): return {'row': {'accuracy': 0.5}}, {}
+run_experiment(chapter, profile, seeds, {'mnist': 1, 'pneumoniamnist': 1}, run_one, device='cpu', plan=plan)
+"""
+
+
+def test_plan_says_what_it_counted_when_parts_are_saved(project, capsys):
+    "A chapter whose every part is saved costs only its notebook: the plan says so, and what a fresh run would cost."
+    from medcl_nb.report import save_seed_result
+    fake_chapter(project, 'planned', params='\nplan = False', body=RUNNER_PLANNER)
+    for part in ('mnist', 'pneumoniamnist'):
+        for seed in (0, 1, 2): save_seed_result('planned', 'reduced', seed, {'row': {'accuracy': 0.5}}, {'profile': 'reduced'}, part=part)
+    args = ['reproduce', 'planned', '--plan', '--profile', 'reduced', '--seeds', '0', '1', '2', '--device', 'cpu']
+    assert main(args) == 0
+    row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('planned'))
+    assert re.search(r'all 2 × 3 parts saved: nothing to train \([\d.]+ min of notebook\); a fresh run: [\d.]+ min', row), row
+    (project/'figures/planned/reduced/results/seed2-mnist.json').unlink()
+    assert main(args) == 0
+    row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('planned'))
+    assert re.search(r'1 of 6 parts to run: [\d.]+ min; a fresh run: [\d.]+ min', row), row
+    plan = json.loads((project/'runs/reduced/plan/planned.json').read_text())
+    assert [p['n_seeds'] for p in plan['parts']] == [3, 3] and [p['to_run'] for p in plan['parts']] == [1, 0]
+
+
 # --- unreadable files: one line naming the file and the fix ------------------------------------------------------
 
 def unprivileged(cmd: list) -> list:
@@ -380,6 +408,23 @@ def test_unreadable_result_stops_reproduce_before_it_starts(project):
     assert not (project/'runs/full/executed').exists()
 
 
+@pytest.mark.parametrize('first_run', [False, True])
+def test_unwritable_figures_folder_stops_reproduce_with_the_fix(project, first_run):
+    "A figures/ the user cannot write: one line naming the folder and the fix, before a kernel starts (no temporary file named)."
+    fake_chapter(project, 'fake')
+    locked = project/'figures' if first_run else project/'figures/fake/full/results'
+    locked.mkdir(parents=True); locked.chmod(0o555)
+    try:
+        r = subprocess.run(unprivileged([MEDCL, 'reproduce', 'fake', '--profile', 'full', '--device', 'cpu']),
+                           capture_output=True, text=True, env={**os.environ, 'MEDCL_HOME': str(project)})
+    finally: locked.chmod(0o755)
+    assert r.returncode == 2, r
+    assert 'Traceback' not in r.stderr and '.tmp' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    rel = str(locked.relative_to(project))
+    assert f'cannot write {rel} (not writable for your user)' in r.stderr and f'`chmod -R u+w {rel}`' in r.stderr, r.stderr
+    assert not (project/'runs/full/executed').exists()
+
+
 def test_kernel_over_ipc_sends_no_tcp_warning(project):
     fake_chapter(project, 'fake')
     r = subprocess.run([MEDCL, 'reproduce', 'fake', '--profile', 'smoke', '--device', 'cpu'], capture_output=True,
@@ -408,3 +453,19 @@ def test_a_failed_run_leaves_its_record_pending(project):
     fake_chapter(project, 'broken', fail="raise ValueError('the loss exploded')")
     assert main(['reproduce', 'broken', '--profile', 'full', '--seeds', '0', '--device', 'cpu']) == 1
     assert (project/'figures/broken/full/RECORD_PENDING').exists() and not (project/'figures/broken/full/broken.ipynb').exists()
+
+
+def test_a_run_with_param_overrides_leaves_the_executed_record_alone(project, capsys):
+    "-p makes a variant of the chapter: the record of the committed run is neither overwritten nor marked pending."
+    fake_chapter(project, 'fake', params="\nvariant = 'plain'")
+    assert main(['reproduce', 'fake', '--profile', 'full', '--seeds', '0', '--device', 'cpu']) == 0
+    record = project/'figures/fake/full/fake.ipynb'
+    before = record.read_bytes()
+    capsys.readouterr()
+    assert main(['reproduce', 'fake', '--profile', 'full', '--seeds', '0', '1', '--device', 'cpu', '-p', 'variant=lars']) == 0
+    assert record.read_bytes() == before and not (project/'figures/fake/full/RECORD_PENDING').exists()
+    assert trained(project, 'fake') == [0, 1]   # the variant itself ran
+    err = capsys.readouterr().err
+    assert 'fake ran with -p variant=lars: its executed record figures/fake/full/fake.ipynb is left as it was' in err, err
+    assert 'runs/full/executed/fake.ipynb' in err
+    assert json.loads((project/'runs/full/last_run.json').read_text())[0].get('record') is None

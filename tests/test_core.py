@@ -1,5 +1,7 @@
-"""Provenance fields and atomic writes (including a process killed in the middle of a write)."""
-import json, subprocess, sys, textwrap
+"""Provenance fields and atomic writes (including a process killed in the middle of a write, and an unwritable folder)."""
+import json, os, shutil, subprocess, sys, textwrap
+
+import pytest
 
 import torch
 
@@ -46,3 +48,24 @@ def test_atomic_write_survives_a_killed_process(tmp_path):
     """)
     assert subprocess.run([sys.executable, '-c', script]).returncode == 9
     assert json.loads(target.read_text()) == {'accuracy': 0.8}
+
+
+def test_atomic_write_into_an_unwritable_folder_names_the_folder_and_the_fix(tmp_path):
+    "Not a PermissionError about `.seed0.json.x1y2.tmp`: the target, the folder that refused, and what to do."
+    locked = tmp_path/'figures'; locked.mkdir(); locked.chmod(0o555)
+    cmd = [sys.executable, '-c', textwrap.dedent(f"""
+        from medcl_nb.core import atomic_write_json, NotWritable
+        for target in ({str(locked/'seed0.json')!r}, {str(locked/'ch'/'reduced'/'seed0.json')!r}):
+            try: atomic_write_json(target, {{}})
+            except NotWritable as e: print(e)
+        """)]
+    if os.geteuid() == 0:   # root ignores permissions unless it drops the capability that bypasses them
+        if not shutil.which('setpriv'): pytest.skip('as root, this test needs setpriv to drop CAP_DAC_OVERRIDE')
+        cmd = ['setpriv', '--bounding-set', '-dac_override,-dac_read_search', *cmd]
+    try: r = subprocess.run(cmd, capture_output=True, text=True)
+    finally: locked.chmod(0o755)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and all(f'the folder {locked} is not writable for your user' in l and f'`chmod u+w {locked}`' in l
+                                   for l in lines), r.stdout
+    assert '.tmp' not in r.stdout and lines[1].startswith(f"cannot write {locked/'ch'/'reduced'/'seed0.json'} (Permission denied)")

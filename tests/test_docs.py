@@ -5,12 +5,12 @@ sets MEDCL_REQUIRE_BROWSER=1, so there a missing browser or KaTeX fails the test
 but localhost is unreachable from the browser, as in a classroom without network. A screenshot of chapter 11 is kept
 in runs/test-artifacts/.
 """
-import functools, http.server, json, os, re, shutil, threading, urllib.request
+import json, os, re, shutil, threading, urllib.request
 
 import pandas as pd
 import pytest
 
-from medcl_nb.cli import find_chapters
+from medcl_nb.cli import find_chapters, site_server
 from medcl_nb.core import project_root
 from medcl_nb.docs import chapter_status
 
@@ -37,8 +37,7 @@ def _browser_missing() -> str | None:
 def site(tmp_path_factory):
     from medcl_nb.docs import build_site
     out = build_site('nbconvert', out_dir=tmp_path_factory.mktemp('site')/'_docs')   # leaves the reader's _docs/ alone
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    server = site_server(out, log=False)   # a client that hangs up mid-reply is not a traceback in the test's output
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield out, f'http://127.0.0.1:{server.server_address[1]}'
     server.shutdown(); server.server_close()
