@@ -367,7 +367,7 @@ def committed_results_html(chapter: str, root: str | Path | None = None) -> str:
     if not status['profile'] or (not tables and not figures):
         return (head + f'<p class="no-results">{status_badge({**status, "profile": None})} '
                 '<strong>No reduced or full results are committed for this chapter yet.</strong> Its smoke profile is tested on every change; '
-                f'<code>medcl reproduce {chapter} --profile reduced</code> (a CPU, about an hour) writes results to '
+                f'<code>medcl reproduce {chapter} --profile reduced</code> (at most 150 min for 3 seeds on a 2-core CPU) writes results to '
                 f'<code>figures/{chapter}/reduced/</code>, and this cell shows them from then on.</p></div>')
     results = _saved_results(folder)
     variants = run_variants(results)
