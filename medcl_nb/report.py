@@ -16,14 +16,14 @@ from .core import (PROFILES, atomic_write_bytes, atomic_write_json, atomic_write
                            project_root)
 
 # %% auto #0
-__all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'LEARNING_DATA_COLUMNS', 'VERDICTS', 'LEARNING_VERDICTS',
-           'SCALE_VERDICT', 'ALL_VERDICTS', 'LEDGER_PROFILES', 'VERDICT_MEANINGS', 'BOOK_PAPERS', 'LEDGER_PAGE',
-           'PaperRegistry', 'results_dir', 'save_seed_result', 'finished_seeds', 'seeds_to_run', 'load_results',
-           'mean_sd', 'format_mean_sd', 'comparison_table', 'markdown_table', 'write_table', 'table_markdown',
-           'show_table', 'save_figure', 't_interval', 'claim_verdict', 'format_interval', 'claims_table',
-           'claims_markdown', 'show_claims', 'claims_reading', 'against_baselines', 'learning_check',
-           'require_learning', 'require_no_collapse', 'require_above_majority', 'write_summary', 'book_overview',
-           'committed_claims', 'claims_ledger', 'verdict_summary', 'ledger_page', 'learning_overview']
+__all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'LEARNING_DATA_COLUMNS', 'SMOKE_FIGURE_NOTE', 'VERDICTS',
+           'LEARNING_VERDICTS', 'SCALE_VERDICT', 'ALL_VERDICTS', 'LEDGER_PROFILES', 'VERDICT_MEANINGS', 'BOOK_PAPERS',
+           'LEDGER_PAGE', 'PaperRegistry', 'results_dir', 'save_seed_result', 'finished_seeds', 'seeds_to_run',
+           'load_results', 'mean_sd', 'format_mean_sd', 'comparison_table', 'markdown_table', 'write_table',
+           'table_markdown', 'show_table', 'mark_smoke', 'save_figure', 't_interval', 'claim_verdict',
+           'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading', 'against_baselines',
+           'learning_check', 'require_learning', 'require_no_collapse', 'require_above_majority', 'write_summary',
+           'book_overview', 'committed_claims', 'claims_ledger', 'verdict_summary', 'ledger_page', 'learning_overview']
 
 # %% ../nbs/05_report.ipynb #dcc850b6
 @dataclass
@@ -173,8 +173,17 @@ def show_table(df: pd.DataFrame, title: str = ''):
     display(Markdown(table_markdown(df, title)))
 
 # %% ../nbs/05_report.ipynb #d82c0f92
+SMOKE_FIGURE_NOTE = 'smoke illustration: tiny subsets, one epoch; it shows that the step runs, not a result'
+
+def mark_smoke(fig) -> None:
+    "Add `SMOKE_FIGURE_NOTE` under the figure's title (once), so that a smoke picture cannot be read as a result."
+    title = fig.get_suptitle()
+    if SMOKE_FIGURE_NOTE not in title:
+        fig.suptitle((title + '\n' if title else '') + SMOKE_FIGURE_NOTE, y=1.0, va='bottom', fontsize=8, color='#9a6700')   # above the axes' titles
+
 def save_figure(fig, chapter: str, profile: str, name: str, dpi: int = 150) -> Path:
-    "Save a matplotlib figure as `<name>.png` in the chapter's output folder for `profile`, atomically."
+    "Save a matplotlib figure as `<name>.png` in the chapter's output folder for `profile`, atomically; a smoke one is marked so."
+    if profile == 'smoke': mark_smoke(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
     return atomic_write_bytes(output_dir(chapter, profile)/f'{name}.png', buf.getvalue())
