@@ -771,7 +771,10 @@ nav.prev-next a { text-decoration: none; max-width: 48%; }
 nav.prev-next a.next { text-align: right; margin-left: auto; }
 pre { background: var(--code-bg); padding: 0.6rem 0.8rem; font-size: 0.82rem; line-height: 1.45; border-radius: 5px;
       white-space: pre-wrap; overflow-wrap: anywhere; }
-code { font-size: 0.88em; }
+code { font-size: 0.88em; overflow-wrap: anywhere; }
+main p, main li { overflow-wrap: anywhere; }   /* a long name or path wraps instead of widening the page on a phone */
+.katex-display { overflow-x: auto; overflow-y: hidden; }
+.katex { display: inline-block; max-width: 100%; overflow-x: auto; overflow-y: hidden; vertical-align: bottom; }
 .input_area pre { border-left: 3px solid #c9d1d9; }
 .output_area pre { background: #fff; border: 1px solid var(--line); }
 details.fold > summary, details.solution > summary { cursor: pointer; color: var(--accent); font-size: 0.85rem; padding: 0.3rem 0; }
