@@ -644,9 +644,11 @@ def render_readme(root: str | Path | None = None) -> tuple[str, object]:
     return text + '\n\n'.join(p for p in parts if p) + '\n', nb
 
 def write_readme(root=None) -> Path:
-    "Regenerate README.md (and the stored outputs of nbs/index.ipynb)."
+    "Regenerate README.md (and the stored outputs of nbs/index.ipynb) and the claims ledger it links, figures/ledger.md."
     from execnb.nbio import write_nb
+    from medcl_nb.report import LEDGER_PAGE, ledger_page
     root = Path(root) if root else project_root()
+    atomic_write_text(root/LEDGER_PAGE, ledger_page(root))
     text, nb = render_readme(root)
     for cell in nb.cells:  # keep only Markdown outputs: the index stays free of volatile text
         if cell.cell_type == 'code':
@@ -671,15 +673,18 @@ def site_server(directory: str | Path, port: int = 0, log: bool = True):
 
 # %% ../nbs/06_cli.ipynb #f553bdd9
 def _seeds_text(chapter: str, profile: str) -> str:
-    "`0, 1, 2`, `0, 1, 2 × 3 parts`, `0 × 2 parts (+1 partly)` or `-`: the seeds saved for a chapter in a profile."
+    """`0, 1, 2`, `0, 1, 2 × 3 parts`, `0, 1, 2 × 4 parts (+3 on seed 0)` or `-`: the seeds saved for a chapter in a
+    profile, the parts saved for the most seeds first, then the others with their seeds (a part run once, e.g. a
+    hyper-parameter selection on seed 0, is named as such, not counted as a missing seed)."""
     saved = saved_results(chapter, profile)
     if not saved: return '-'
-    complete = sorted(set.intersection(*map(set, saved.values())))
-    partly = sorted(set().union(*saved.values()) - set(complete))
-    parts = [p for p in saved if p]
-    return (', '.join(map(str, complete)) or 'none complete') \
-        + (f" × {len(parts)} part{'s' if len(parts) > 1 else ''}" if parts else '') \
-        + (f" (+{', '.join(map(str, partly))} partly)" if partly else '')
+    groups = {}
+    for part, seeds in saved.items(): groups.setdefault(tuple(sorted(seeds)), []).append(part)
+    main = max(groups, key=lambda s: (len(s), len(groups[s])))
+    parts = [p for p in groups[main] if p]
+    rest = [f"+{len(ps)} on seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}" for s, ps in groups.items() if s != main]
+    return ', '.join(map(str, main)) + (f" × {len(parts)} part{'s' if len(parts) > 1 else ''}" if parts else '') \
+        + (f" ({'; '.join(rest)})" if rest else '')
 
 def chapters_command() -> int:
     "`medcl chapters`: name, notebook and the committed seeds per profile, in aligned columns."
@@ -699,8 +704,8 @@ def _parser() -> argparse.ArgumentParser:
         "reproduces one paper's tables. `medcl reproduce` runs the chapters with papermill; `medcl data` "
         "manages the verified dataset cache."),
         epilog="Profiles: smoke = tiny subsets, seconds on a CPU, checks the pipeline (NOT the paper comparison; "
-               "results under runs/smoke/). reduced = the paper's protocol scaled down to about an hour per chapter "
-               "on a CPU; full = the paper's protocol, meant for a GPU. Reduced and full results, tables and figures "
+               "results under runs/smoke/). reduced = the paper's protocol scaled down to at most 150 min per chapter "
+               "(3 seeds) on an idle 2-core CPU; full = the paper's protocol, meant for a GPU. Reduced and full results, tables and figures "
                "go under figures/<chapter>/<profile>/, saved per seed (and part) so an interrupted run resumes. "
                "Environment: MEDCL_DATA_MIRROR = folder of verified dataset files to copy from instead of "
                "downloading; MEDCL_DATA = cache folder (default data/); MEDCL_DEVICE = default for --device auto.")
@@ -710,7 +715,7 @@ def _parser() -> argparse.ArgumentParser:
                                    f'a summary. Chapters: {_chapter_names()}.')
     r.add_argument('chapters', nargs='*', metavar='CHAPTER', help='chapters to run (see `medcl chapters`); default all')
     r.add_argument('--profile', default='auto', choices=('auto', *PROFILES),
-                   help='smoke (tiny, CPU), reduced (the protocol scaled down, about an hour per chapter on a CPU), '
+                   help='smoke (tiny, CPU), reduced (the protocol scaled down, at most 150 min per chapter for 3 seeds on an idle 2-core CPU), '
                         'full (paper protocol, GPU) or auto: full with a GPU, smoke without (default)')
     r.add_argument('--seeds', nargs='+', type=int, metavar='SEED', help='seeds to run; default 0 (smoke) or 0 1 2 (reduced, full)')
     r.add_argument('--device', default='auto', choices=DEVICES, help='auto (cuda if present, else cpu), cpu or cuda')
@@ -732,7 +737,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser('chapters', help='list the chapters, their notebooks and committed seeds',
                    description='List every chapter (a notebook whose parameters cell names it), its notebook, and the '
                                'seeds with committed results in each profile (for results saved per part, the seeds '
-                               'every saved part has).')
+                               'of the parts saved for the most seeds, then the other parts and their seeds).')
     sub.add_parser('readme', help='regenerate README.md from nbs/index.ipynb',
                    description="Execute nbs/index.ipynb (its results overview reads figures/) and write README.md from "
                                "it. Run it after a reduced or full run has changed committed results.")

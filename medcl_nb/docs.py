@@ -10,19 +10,21 @@ from pathlib import Path
 import pandas as pd
 
 from .core import committed_profiles, project_root
+from .report import CLAIM_COLUMNS, LEDGER_PAGE, ledger_page
 
 # %% auto #0
 __all__ = ['MINUS', 'PAPER_TABLE_COLUMNS', 'RECORD_LIMIT_BYTES', 'STREAM_LIMIT_CHARS', 'RECORD_PENDING', 'MACHINE_PATH',
            'READING_KEY', 'SHOW_RESULTS_CALL', 'SOLUTION_START', 'SOLUTION_END', 'ILLUSTRATION_TAG',
            'ILLUSTRATION_NOTE', 'FOLD_LINES', 'KATEX_PLACES', 'KATEX_FILES', 'KATEX_HELP', 'MATH_JS', 'SEARCH_JS',
-           'PAGE_STYLE', 'BOOK_PARTS', 'fmt_number', 'human_title', 'markdown_table_html', 'paper_table_html',
-           'chapter_status', 'status_badge', 'run_variants', 'variant_of_file', 'figure_caption', 'record_path',
-           'machine_strings', 'scrub_machine', 'clean_record', 'write_record', 'record_url', 'committed_files',
-           'markdown_table_text', 'png_display_width', 'committed_results_html', 'show_committed_results',
-           'committed_reading', 'reading_label', 'reading_markdown', 'show_reading', 'results_chapter',
-           'fill_committed_results', 'front_matter', 'illustration_cells', 'render_illustrations', 'illustrations_file',
-           'fill_illustrations', 'render_page', 'find_katex', 'copy_katex', 'search_entries', 'site_css', 'book_part',
-           'short_title', 'render_site', 'prepare_illustrations', 'build_site']
+           'PAGE_STYLE', 'BOOK_PARTS', 'LEDGER_HTML', 'fmt_number', 'human_title', 'markdown_table_html',
+           'paper_table_html', 'chapter_status', 'status_badge', 'run_variants', 'variant_of_file', 'figure_caption',
+           'record_path', 'machine_strings', 'scrub_machine', 'clean_record', 'write_record', 'record_url',
+           'committed_files', 'markdown_table_text', 'png_display_width', 'committed_results_html',
+           'show_committed_results', 'committed_reading', 'reading_label', 'reading_markdown', 'show_reading',
+           'results_chapter', 'fill_committed_results', 'front_matter', 'illustration_cells', 'render_illustrations',
+           'illustrations_file', 'fill_illustrations', 'render_page', 'find_katex', 'copy_katex', 'search_entries',
+           'site_css', 'book_part', 'short_title', 'render_site', 'ledger_notebook', 'prepare_illustrations',
+           'build_site']
 
 # %% ../nbs/06b_docs.ipynb #467f58d5
 MINUS = '\u2212'   # a real minus sign: '-0.105' reads as a hyphen in most fonts
@@ -365,7 +367,7 @@ def committed_results_html(chapter: str, root: str | Path | None = None) -> str:
     if not status['profile'] or (not tables and not figures):
         return (head + f'<p class="no-results">{status_badge({**status, "profile": None})} '
                 '<strong>No reduced or full results are committed for this chapter yet.</strong> Its smoke profile is tested on every change; '
-                f'<code>medcl reproduce {chapter} --profile reduced</code> (a CPU, about an hour) writes results to '
+                f'<code>medcl reproduce {chapter} --profile reduced</code> (at most 150 min for 3 seeds on a 2-core CPU) writes results to '
                 f'<code>figures/{chapter}/reduced/</code>, and this cell shows them from then on.</p></div>')
     results = _saved_results(folder)
     variants = run_variants(results)
@@ -474,7 +476,8 @@ def _relative_links(text: str, site_url: str) -> str:
 
 def _clean_markdown(text: str, site_url: str) -> str:
     """Markdown as nbconvert can render it: no nbdev "source" links (they point at `git_url`, not at the checkout the
-    site is built from), no Pandoc attributes, links to the published site made relative."""
+    site is built from), no Pandoc attributes, links to the published site made relative, links to the ledger to its page."""
+    text = re.sub(r'\]\(' + re.escape(LEDGER_PAGE) + r'(?=[#)])', '](ledger.html', text)   # README's link to the ledger: its page
     return _relative_links(_PANDOC_ATTRS.sub('', _SOURCE_LINK.sub('', text)), site_url)
 
 def _split_solution(source: str) -> tuple[str, str, str] | None:
@@ -768,7 +771,10 @@ nav.prev-next a { text-decoration: none; max-width: 48%; }
 nav.prev-next a.next { text-align: right; margin-left: auto; }
 pre { background: var(--code-bg); padding: 0.6rem 0.8rem; font-size: 0.82rem; line-height: 1.45; border-radius: 5px;
       white-space: pre-wrap; overflow-wrap: anywhere; }
-code { font-size: 0.88em; }
+code { font-size: 0.88em; overflow-wrap: anywhere; }
+main p, main li { overflow-wrap: anywhere; }   /* a long name or path wraps instead of widening the page on a phone */
+.katex-display { overflow-x: auto; overflow-y: hidden; }
+.katex { display: inline-block; max-width: 100%; overflow-x: auto; overflow-y: hidden; vertical-align: bottom; }
 .input_area pre { border-left: 3px solid #c9d1d9; }
 .output_area pre { background: #fff; border: 1px solid var(--line); }
 details.fold > summary, details.solution > summary { cursor: pointer; color: var(--accent); font-size: 0.85rem; padding: 0.3rem 0; }
@@ -817,7 +823,7 @@ def site_css() -> str:
     return PAGE_STYLE + HtmlFormatter(style='default').get_style_defs('.highlight')
 
 # %% ../nbs/06b_docs.ipynb #85b0aeaa
-BOOK_PARTS = (('Start', r'index'), ('Library', r'0\d[a-z]?'), ('Tour', r'10'), ('Paper chapters', r'1[1-4]'),
+BOOK_PARTS = (('Start', r'index|ledger'), ('Library', r'0\d[a-z]?'), ('Tour', r'10'), ('Paper chapters', r'1[1-4]'),
               ('Benchmark', r'1[5-9]'))
 
 def book_part(stem: str) -> tuple[str, str]:
@@ -921,6 +927,21 @@ def render_site(proc_dir: str | Path, out_dir: str | Path, site_url: str = '', k
     shutil.rmtree(out_dir, ignore_errors=True); staging.rename(out_dir)
     return [out_dir/p['name'] for p in pages]
 
+# %% ../nbs/06b_docs.ipynb #f8fd09a0
+LEDGER_HTML = 'ledger.html'
+
+def ledger_notebook(proc_dir: str | Path, root: str | Path | None = None) -> Path:
+    "Write the claims ledger (`05_report.ledger_page`) as a processed notebook `ledger.ipynb` in `proc_dir`, for the site's *Claims ledger* page."
+    import nbformat
+    text = ledger_page(root, link=lambda chapter, path: f'{chapter}.html', title=False)
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_raw_cell(f'---\ntitle: "Claims ledger"\noutput-file: {LEDGER_HTML}\n'
+                                 'description: "Every claim of every chapter, with its verdict"\n---\n'),
+        nbformat.v4.new_markdown_cell(text)])
+    path = Path(proc_dir)/'ledger.ipynb'
+    nbformat.write(nb, path)
+    return path
+
 # %% ../nbs/06b_docs.ipynb #c911e6a6
 def prepare_illustrations(nbs_path: str | Path, root: str | Path | None = None, n_workers: int = 2) -> dict:
     """Render the illustrations of every notebook in `nbs_path` (`render_illustrations`, two at a time) and write them
@@ -965,6 +986,7 @@ def build_site(renderer: str = 'auto', n_workers: int = 2, out_dir: str | Path |
         from nbdev.quarto import nbdev_sidebar, refresh_quarto_yml
         refresh_quarto_yml(); nbdev.doclinks._build_modidx(); nbdev_sidebar.__wrapped__(path=cfg.nbs_path)
     proc = proc_nbs(cfg.nbs_path, n_workers=n_workers, force=True)
+    ledger_notebook(proc, cfg.config_path)
     out = Path(out_dir) if out_dir else cfg.config_path/cfg.doc_path.name
     if use_quarto:
         subprocess.run(['quarto', 'render', '--no-cache'], cwd=proc, check=True)

@@ -16,13 +16,14 @@ from .core import (PROFILES, atomic_write_bytes, atomic_write_json, atomic_write
                            project_root)
 
 # %% auto #0
-__all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'LEARNING_DATA_COLUMNS', 'VERDICTS', 'LEARNING_VERDICTS',
-           'SCALE_VERDICT', 'ALL_VERDICTS', 'LEDGER_PROFILES', 'PaperRegistry', 'results_dir', 'save_seed_result',
-           'finished_seeds', 'seeds_to_run', 'load_results', 'mean_sd', 'format_mean_sd', 'comparison_table',
-           'markdown_table', 'write_table', 'table_markdown', 'show_table', 'save_figure', 't_interval',
-           'claim_verdict', 'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading',
-           'against_baselines', 'learning_check', 'require_learning', 'require_no_collapse', 'require_above_majority',
-           'write_summary', 'book_overview', 'committed_claims', 'claims_ledger', 'learning_overview']
+__all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'LEARNING_DATA_COLUMNS', 'SMOKE_FIGURE_NOTE', 'VERDICTS',
+           'LEARNING_VERDICTS', 'SCALE_VERDICT', 'ALL_VERDICTS', 'LEDGER_PROFILES', 'VERDICT_MEANINGS', 'BOOK_PAPERS',
+           'LEDGER_PAGE', 'PaperRegistry', 'results_dir', 'save_seed_result', 'finished_seeds', 'seeds_to_run',
+           'load_results', 'mean_sd', 'format_mean_sd', 'comparison_table', 'markdown_table', 'write_table',
+           'table_markdown', 'show_table', 'mark_smoke', 'save_figure', 't_interval', 'claim_verdict',
+           'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading', 'against_baselines',
+           'learning_check', 'require_learning', 'require_no_collapse', 'require_above_majority', 'write_summary',
+           'book_overview', 'committed_claims', 'claims_ledger', 'verdict_summary', 'ledger_page', 'learning_overview']
 
 # %% ../nbs/05_report.ipynb #dcc850b6
 @dataclass
@@ -172,8 +173,17 @@ def show_table(df: pd.DataFrame, title: str = ''):
     display(Markdown(table_markdown(df, title)))
 
 # %% ../nbs/05_report.ipynb #d82c0f92
+SMOKE_FIGURE_NOTE = 'smoke illustration: tiny subsets, one epoch; it shows that the step runs, not a result'
+
+def mark_smoke(fig) -> None:
+    "Add `SMOKE_FIGURE_NOTE` under the figure's title (once), so that a smoke picture cannot be read as a result."
+    title = fig.get_suptitle()
+    if SMOKE_FIGURE_NOTE not in title:
+        fig.suptitle((title + '\n' if title else '') + SMOKE_FIGURE_NOTE, y=1.0, va='bottom', fontsize=8, color='#9a6700')   # above the axes' titles
+
 def save_figure(fig, chapter: str, profile: str, name: str, dpi: int = 150) -> Path:
-    "Save a matplotlib figure as `<name>.png` in the chapter's output folder for `profile`, atomically."
+    "Save a matplotlib figure as `<name>.png` in the chapter's output folder for `profile`, atomically; a smoke one is marked so."
+    if profile == 'smoke': mark_smoke(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
     return atomic_write_bytes(output_dir(chapter, profile)/f'{name}.png', buf.getvalue())
@@ -444,10 +454,8 @@ def committed_claims(root: Path, chapter: str, name: str = 'claims.csv') -> tupl
         if path.is_file(): return profile, path
     return None
 
-def claims_ledger(root: str | Path | None = None, chapters: dict | None = None) -> str:
-    "Markdown ledger of every chapter's committed claims (largest profile), with a 'not run' line for each of `chapters` without them."
-    root = Path(root) if root else project_root()
-    chapters = {k: (v[0] if isinstance(v, (tuple, list)) else v) for k, v in (chapters or {}).items()}
+def _ledger_rows(root: Path, chapters: dict, link) -> list[dict]:
+    chapters = {k: (v[0] if isinstance(v, (tuple, list)) else v) for k, v in chapters.items()}
     folders = sorted(p.name for p in (root/'figures').iterdir() if p.is_dir()) if (root/'figures').is_dir() else []
     lines = []
     for chapter in list(chapters) + [f for f in folders if f not in chapters]:
@@ -461,13 +469,90 @@ def claims_ledger(root: str | Path | None = None, chapters: dict | None = None) 
         df = pd.read_csv(path, keep_default_na=False, dtype=str)
         missing = [c for c in CLAIM_COLUMNS if c not in df.columns]
         if missing: raise ValueError(f"{path} lacks the columns {missing}: rewrite it with claims_table and write_table")
-        link = f"[claims]({path.relative_to(root).as_posix().removesuffix('.csv')}.md)"
+        target = f"[claims]({link(chapter, path.relative_to(root).with_suffix('.md').as_posix())})"
         lines += [{'chapter': chapter, 'paper': chapters.get(chapter, ''), 'claim': r['claim'], 'metric': r['metric'],
                    'profile': r['profile'] or profile, 'seeds': r['seeds'],
                    'Δ [95 % CI]': ' '.join(x for x in (r['Δ'], r['95 % interval']) if x), 'verdict': r['verdict'],
-                   'table': link} for _, r in df.iterrows()]
-    if not lines: return '_No claims are committed yet._\n'
+                   'table': target} for _, r in df.iterrows()]
+    return lines
+
+def claims_ledger(root: str | Path | None = None, chapters: dict | None = None, link=None) -> str:
+    """Markdown ledger of every chapter's committed claims (largest profile), with a 'not run' line for each of `chapters`
+    without them; `link(chapter, 'figures/<chapter>/<profile>/claims.md')` gives each line's link (default: that path)."""
+    root = Path(root) if root else project_root()
+    lines = _ledger_rows(root, chapters or {}, link or (lambda chapter, path: path))
+    return markdown_table(pd.DataFrame(lines)) if lines else '_No claims are committed yet._\n'
+
+# %% ../nbs/05_report.ipynb #57e5b2a7
+VERDICT_MEANINGS = {
+    'reproduced': "the 95 % t-interval of the per-seed paired differences lies above 0 in the paper's direction",
+    'contradicted': "the interval lies below 0: these runs show the opposite of the claim",
+    'inconclusive': ("the interval contains 0; with three seeds it is about ±2.5 standard deviations of the per-seed "
+                     "differences wide, so this means \"not shown here\", not \"false\""),
+    'not testable here': "the data here lacks what the claim needs (e.g. a laterality label), or a stand-in cannot decide it",
+    SCALE_VERDICT: ("the claim rests on a pretraining that did not beat the same encoder at random initialisation "
+                    "through the frozen read-out, or on a model that collapsed to one class; the chapter's claims "
+                    "table gives the check's Δ beside it"),
+    'not run': "no seed has both rows of the comparison, or the chapter has no committed claims yet",
+}
+BOOK_PAPERS = {  # every chapter's paper and data, listed even before its results exist
+    'contrastive_autoencoder': ('Ferrante et al., Table 1', 'PneumoniaMNIST + MNIST (same data as the paper)'),
+    'simclr_micle': ('Azizi et al. via the review: claims 1-5', 'stand-ins: PneumoniaMNIST, RetinaMNIST, BreastMNIST; surrogates: natural photos, simulated LUS patients'),
+    'comcl': ('Hou et al., Tables 1-3', 'surrogates: RetinaMNIST / PneumoniaMNIST with our degradations and blob detector'),
+    'learner': ('LEARNER, Tables 3-4', 'surrogates: simulated LUS clips and head phantom'),
+    'tour': ('Ferrante et al., Table 1 (ResNet-18 row, as a reference)', 'PneumoniaMNIST'),
+}
+LEDGER_PAGE = 'figures/ledger.md'   # where `medcl readme` writes the full ledger
+
+# %% ../nbs/05_report.ipynb #cd6b0cde
+def _wall_time(root: Path, chapter: str, profile: str) -> str:
+    "The summed wall time of a chapter's committed (part, seed) results in a profile, e.g. '98 min', or ''."
+    walls = [json.loads(p.read_text()).get('provenance', {}).get('wall_time_s') or 0
+             for p in (root/'figures'/chapter/profile/'results').glob('*.json')] if profile else []
+    return f'{sum(walls) / 60:.0f} min' if walls else ''
+
+def verdict_summary(root: str | Path | None = None, chapters: dict | None = None, ledger: str = LEDGER_PAGE) -> str:
+    "Markdown: one line per chapter of the ledger: its profile, seeds, the wall time its results took, how many of its claims got each verdict, and a link to `ledger`."
+    root = Path(root) if root else project_root()
+    rows = pd.DataFrame(_ledger_rows(root, chapters or {}, lambda chapter, path: path))
+    if rows.empty: return '_No claims are committed yet._\n'
+    lines = []
+    for chapter, g in rows.groupby('chapter', sort=False):
+        placeholder = (g.claim == 'no claims committed yet').all()
+        counts = g.verdict.value_counts()
+        lines.append({'chapter': chapter, 'profile': g.profile.iloc[0], 'seeds': '/'.join(dict.fromkeys(map(str, g.seeds))),
+                      'wall time, all seeds': _wall_time(root, chapter, g.profile.iloc[0]),
+                      'claims': 0 if placeholder else len(g),
+                      **{v: ('' if placeholder else int(counts.get(v, 0))) for v in ALL_VERDICTS if v != 'not run'},
+                      'not run': '' if placeholder else int(counts.get('not run', 0)),
+                      'claims ledger': 'no claims committed yet' if placeholder else f'[{chapter}]({ledger}#{chapter})'})
     return markdown_table(pd.DataFrame(lines))
+
+def ledger_page(root: str | Path | None = None, chapters: dict | None = None, link=None, title: bool = True) -> str:
+    """The claims ledger as a page of its own: every verdict word defined, then one section per chapter with its
+    claims (`claims_ledger`); links relative to `figures/` unless `link` says otherwise (the docs site's does)."""
+    root = Path(root) if root else project_root()
+    chapters = BOOK_PAPERS if chapters is None else chapters
+    chapters = {c: p for c, p in chapters.items() if c != 'tour'}
+    link = link or (lambda chapter, path: path.removeprefix('figures/'))
+    rows = _ledger_rows(root, chapters, link)
+    words = [v for v in VERDICT_MEANINGS if v in {r['verdict'] for r in rows}] or list(VERDICT_MEANINGS)
+    head = (['<!-- Generated by `medcl readme` from the committed claims in figures/: do not edit. -->', '',
+             '# Claims ledger', ''] if title else [])
+    text = head + [
+        "Every claim of every chapter, with its verdict. Each claim \"A beats B\" is judged on the metric the paper "
+        "uses, by the per-seed paired differences (same seed, same data split, same cohort), as mean Δ with a 95 % "
+        "t-interval over seeds, and gets one of these words (`05_report` argues the rule and works an example by hand):", '']
+    text += [f'- *{v}*: {VERDICT_MEANINGS[v]}.' for v in words]
+    text += ['', "A chapter's lines come from its largest committed profile (`figures/<chapter>/full/` before "
+             "`figures/<chapter>/reduced/`); each section links to the chapter's claims table, which has the per-seed numbers behind each line.", '']
+    for chapter in dict.fromkeys(r['chapter'] for r in rows):   # the named chapters first, then any other with claims
+        mine = [r for r in rows if r['chapter'] == chapter]
+        paper = mine[0]['paper'] or 'paper not named'
+        table = next((r['table'] for r in mine if r['table']), '')
+        text += [f'## {chapter}', '', paper + (f"; the chapter's {table}." if table else '.'), '',
+                 markdown_table(pd.DataFrame(mine).drop(columns=['chapter', 'paper', 'table'])).rstrip('\n'), '']
+    return '\n'.join(text)
 
 # %% ../nbs/05_report.ipynb #aff3c648
 def learning_overview(root: str | Path | None = None, chapters=()) -> str:

@@ -215,6 +215,10 @@ def test_wide_tables_fit_and_the_sidebar_folds_on_a_phone(site, browser):
         _open(browser, url, 'index.html')
         nav, view = browser.execute_script("return [document.querySelector('nav.book-nav').getBoundingClientRect().height, window.innerHeight]")
         assert nav < view / 3, f'on a phone the sidebar takes {nav:.0f} of {view} px'
+        for page in ['index.html', 'ledger.html', *[f'{c}.html' for c in find_chapters()]]:   # nothing widens the page
+            _open(browser, url, page)
+            scroll, width = browser.execute_script('return [document.documentElement.scrollWidth, window.innerWidth]')
+            assert scroll <= width + 4, f'{page} is {scroll} px wide on a {width} px phone screen'
     finally:
         browser.set_window_size(1400, 1800)
 

@@ -4,6 +4,7 @@ import os, re, shutil, subprocess, sys
 from pathlib import Path
 
 from medcl_nb.cli import render_readme
+from medcl_nb.report import LEDGER_PAGE, VERDICT_MEANINGS, ledger_page
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -33,6 +34,15 @@ def test_package_is_what_the_notebooks_export(tmp_path):
 def test_readme_is_generated_from_index():
     text, _ = render_readme(REPO)
     assert (REPO/'README.md').read_text() == text, "README.md is stale: run `medcl readme`"
+
+
+def test_claims_ledger_page_is_generated_and_linked_from_readme():
+    page = (REPO/LEDGER_PAGE).read_text()
+    assert page == ledger_page(REPO), f"{LEDGER_PAGE} is stale: run `medcl readme`"
+    assert f'({LEDGER_PAGE})' in (REPO/'README.md').read_text(), 'README must link the claims ledger'
+    used = set(re.findall(r'\| ([a-z][a-z ]+?) \|$', page, re.M)) - {'verdict'}   # each line's last column, not the header's
+    assert used and used <= set(VERDICT_MEANINGS), used - set(VERDICT_MEANINGS)
+    assert all(f'- *{v}*:' in page for v in used), 'every verdict on the ledger page is defined above its tables'
 
 
 def test_notebooks_hold_no_machine_paths():
