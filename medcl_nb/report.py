@@ -23,7 +23,8 @@ __all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'LEARNING_D
            'table_markdown', 'show_table', 'mark_smoke', 'save_figure', 't_interval', 'claim_verdict',
            'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading', 'against_baselines',
            'learning_check', 'require_learning', 'require_no_collapse', 'require_above_majority', 'write_summary',
-           'book_overview', 'committed_claims', 'claims_ledger', 'verdict_summary', 'ledger_page', 'learning_overview']
+           'book_overview', 'committed_claims', 'claims_ledger', 'verdict_summary', 'ledger_page', 'learning_overview',
+           'step_overview']
 
 # %% ../nbs/05_report.ipynb #dcc850b6
 @dataclass
@@ -573,3 +574,23 @@ def learning_overview(root: str | Path | None = None, chapters=()) -> str:
     lines += [{'chapter': c, 'profile': '', 'pretrainings checked': 0, 'learn': '', 'do not beat random init': '',
                'largest Δ vs random init [95 % CI]': 'no learning check committed yet', 'table': ''} for c in chapters if c not in seen]
     return markdown_table(pd.DataFrame(lines)) if lines else '_No learning check is committed yet._\n'
+
+# %% ../nbs/05_report.ipynb #2561a573
+def step_overview(root: str | Path | None = None) -> str:
+    "Markdown: a line per device kind the benchmark measured (`figures/benchmark/<profile>/results/seed0-<kind>_step.json`): today's step against the ceiling, the fastest option with matching losses, what was adopted."
+    root, lines = Path(root) if root else project_root(), []
+    for path in sorted((root/'figures'/'benchmark').glob('*/results/seed0-*_step.json')):
+        r = json.loads(path.read_text(encoding='utf-8')); prov, rows = r['provenance'], r['rows']
+        today = next(((k.split(' | '), v) for k, v in rows.items() if k.startswith('today |') and v.get('ratio') == 1.0), None)
+        if today is None: continue
+        (_, arch, batch), t = today
+        matching = [(k.split(' | ')[0], v['ratio']) for k, v in rows.items()
+                    if v.get('losses_match') == 1.0 and not k.startswith('today') and 'BN over' not in k and 'gflops' in v]
+        best = max(matching, key=lambda kv: kv[1], default=None)
+        adopted = [k.split(' | ')[0] for k, v in rows.items() if v.get('adopt') == 1.0]
+        fastest = f"the fastest option with the same losses, {best[0]}, is {best[1]:.2f}× today's" if best else 'no option kept the same losses'
+        lines.append(f"- {prov['device']} ({r['profile']} profile, commit {str(prov.get('git_commit', ''))[:7]}): today's SimCLR step "
+                     f"({arch}, {batch} pairs at 28 px) runs at {t['gflops']:.0f} GFLOP/s, {t['of_ceiling']:.0%} of this machine's own fp32 "
+                     f"matrix-multiply rate ({prov['ceiling_gflops']:.0f} GFLOP/s); {fastest}; adopted: "
+                     + (', '.join(adopted) if adopted else 'nothing (no option is 1.2× faster with the same losses)') + '.')
+    return '\n'.join(lines) + '\n' if lines else '_The benchmark chapter has not measured a training step against its ceiling yet._\n'
