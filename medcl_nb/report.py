@@ -577,7 +577,7 @@ def learning_overview(root: str | Path | None = None, chapters=()) -> str:
 
 # %% ../nbs/05_report.ipynb #2561a573
 def step_overview(root: str | Path | None = None) -> str:
-    "Markdown: a line per device kind the benchmark measured (`figures/benchmark/<profile>/results/seed0-<kind>_step.json`): today's step against the ceiling, the fastest option with matching losses, what was adopted."
+    "Markdown: a line per device kind the benchmark measured (`figures/benchmark/<profile>/results/seed0-<kind>_step.json`): today's step against the ceiling, the fastest option with matching losses, the options that meet the rule."
     root, lines = Path(root) if root else project_root(), []
     for path in sorted((root/'figures'/'benchmark').glob('*/results/seed0-*_step.json')):
         r = json.loads(path.read_text(encoding='utf-8')); prov, rows = r['provenance'], r['rows']
@@ -587,10 +587,10 @@ def step_overview(root: str | Path | None = None) -> str:
         matching = [(k.split(' | ')[0], v['ratio']) for k, v in rows.items()
                     if v.get('losses_match') == 1.0 and not k.startswith('today') and 'BN over' not in k and 'gflops' in v]
         best = max(matching, key=lambda kv: kv[1], default=None)
-        adopted = [k.split(' | ')[0] for k, v in rows.items() if v.get('adopt') == 1.0]
+        candidates = [f"{k.split(' | ')[0]} ({v['ratio']:.2f}×)" for k, v in rows.items() if v.get('adopt') == 1.0]
         fastest = f"the fastest option with the same losses, {best[0]}, is {best[1]:.2f}× today's" if best else 'no option kept the same losses'
         lines.append(f"- {prov['device']} ({r['profile']} profile, commit {str(prov.get('git_commit', ''))[:7]}): today's SimCLR step "
                      f"({arch}, {batch} pairs at 28 px) runs at {t['gflops']:.0f} GFLOP/s, {t['of_ceiling']:.0%} of this machine's own fp32 "
-                     f"matrix-multiply rate ({prov['ceiling_gflops']:.0f} GFLOP/s); {fastest}; adopted: "
-                     + (', '.join(adopted) if adopted else 'nothing (no option is 1.2× faster with the same losses)') + '.')
+                     f"matrix-multiply rate ({prov['ceiling_gflops']:.0f} GFLOP/s); {fastest}; meeting the book's rule (≥ 1.2× with the same "
+                     "losses over the first steps), candidates, not yet the training loop's default: " + (', '.join(candidates) or 'none') + '.')
     return '\n'.join(lines) + '\n' if lines else '_The benchmark chapter has not measured a training step against its ceiling yet._\n'
