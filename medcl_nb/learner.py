@@ -4,26 +4,30 @@
 
 # %% ../nbs/14_learner.ipynb #f3c2f7c6
 from __future__ import annotations
-import math
+import itertools, math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from scipy.stats import spearmanr
 from sklearn.metrics import f1_score
 
 from .core import seeded_rng
-from .evaluate import as_label_vector, classification_metrics
+from .evaluate import as_label_vector, classification_metrics, collapse_check
 from .models import small_stem_resnet
+from .report import SCALE_VERDICT, claim_verdict, format_interval
 from .simulators import CHANGE_LABELS
-from .train import batch_indices, epoch_generator
+from .train import batch_indices, epoch_generator, fit
 
 # %% auto #0
 __all__ = ['VIDEO_ENCODERS', 'TRANSFORMER_WIDTH', 'TRANSFORMER_DEPTH', 'TRANSFORMER_HEADS', 'SCORE_SCALE', 'PRETRAINING_LOSSES',
            'temporal_shift', 'resnet18_small', 'TemporalShift', 'add_temporal_shift', 'FrameEncoder', 'HFVideoEncoder',
            'make_encoder', 'HealthScoreModel', 'score_neighbour_masks', 'pair_similarity', 'score_contrastive_loss',
-           'pretraining_loss', 'change_metrics', 'train_change_classifier', 'split_training_patients', 'score_r2',
-           'raw_pixel_pair_features', 'majority_change_metrics']
+           'pretraining_loss', 'pretrain_health_model', 'paper_pretrain_steps', 'change_metrics',
+           'train_change_classifier', 'change_collapse', 'require_no_change_collapse', 'collapse_summary',
+           'split_training_patients', 'score_r2', 'raw_pixel_pair_features', 'majority_change_metrics', 'embed_all',
+           'distance_profile', 'too_small_labels', 'pairs_text', 'best_on_validation']
 
 # %% ../nbs/14_learner.ipynb #87bf651f
 def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 8) -> torch.Tensor:
@@ -190,6 +194,36 @@ def pretraining_loss(model: HealthScoreModel,   # returns (u (B, D), predicted s
                                 reduction='sum')                         # Eq. 3: a sum, not a mean
     return mse + cl_weight * cl, {'mse': mse.item(), 'cl': cl.item()}
 
+# %% ../nbs/14_learner.ipynb #abeff1ea
+def pretrain_health_model(model: HealthScoreModel,     # trained in place
+                          clips: torch.Tensor,         # (n_scans, T, 1, H, W) uint8 clips of the cohort
+                          scores: torch.Tensor,        # (n_scans,) normalised health scores
+                          train_scans: torch.Tensor,   # (n,) indices of the scans it pretrains on
+                          steps: int,                  # the budget in optimiser steps (the last epoch cut short)
+                          loss: str = 'mse_cl', similarity: str = 'cosine', batch_size: int = 8, lr: float = 1e-3,
+                          cl_weight: float = 1.0, seed: int = 0, device='cpu', checkpoint_path=None,
+                          desc: str = 'pretrain', progress: str = 'auto') -> list[dict]:
+    "`pretraining_loss` for `steps` Adam steps of `batch_size` scans, cosine-annealed over the steps; `fit`'s per-epoch history."
+    per_epoch = len(train_scans) // batch_size         # drop_last: every step sees a full batch (Eq. 3 needs B/2 of each)
+    if per_epoch < 1 or steps < 1: raise ValueError(f"need >= {batch_size} scans and steps >= 1, got {len(train_scans)} scans, {steps} steps")
+    def batches(epoch):
+        left = steps - epoch * per_epoch               # a step budget cuts the last epoch short
+        order = batch_indices(len(train_scans), batch_size, drop_last=True, generator=epoch_generator(seed, epoch, device), device=device)
+        for idx in itertools.islice(order, max(0, min(per_epoch, left))):
+            yield clips[train_scans[idx]], scores[train_scans[idx]]
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    return fit(model, lambda m, b: pretraining_loss(m, *b, loss=loss, similarity=similarity, cl_weight=cl_weight),
+               batches, math.ceil(steps / per_epoch), optimizer, scheduler, scheduler_interval='step', device=device,
+               checkpoint_path=checkpoint_path, desc=desc, progress=progress)
+
+# %% ../nbs/14_learner.ipynb #af756618
+def paper_pretrain_steps(cohort,              # a `simulators.Cohort`
+                         batch_size: int = 8, epochs: int = 100,   # the paper's Table 2
+                        ) -> int:
+    "The paper's pretraining budget in optimiser steps: `epochs` passes over all of `cohort`'s training scans in full batches."
+    return epochs * (int(cohort.scan_mask('train').sum()) // batch_size)
+
 # %% ../nbs/14_learner.ipynb #79d4f239
 def change_metrics(y_true,   # (N,) change labels 0..2 (improved, same, deteriorated)
                    y_pred,   # (N,) predicted change labels
@@ -204,7 +238,7 @@ def change_metrics(y_true,   # (N,) change labels 0..2 (improved, same, deterior
 
 def train_change_classifier(features: dict, labels: dict, epochs: int = 100, batch_size: int = 8, lr: float = 1e-3,
                             hidden: int = 128, seed: int = 0, device='cpu') -> dict:
-    "MLP on pair features `features['train'|'val'|'test']`; the epoch with the best val macro-F1; metrics per split."
+    "MLP on pair features `features['train'|'val'|'test']`; the epoch with the best val macro-F1; metrics, predictions and (N, 3) probabilities per split."
     mean, std = features['train'].mean(0), features['train'].std(0) + 1e-6
     x = {k: ((v - mean) / std).to(device) for k, v in features.items()}
     y = {k: v.to(device) for k, v in labels.items()}
@@ -222,9 +256,40 @@ def train_change_classifier(features: dict, labels: dict, epochs: int = 100, bat
         with torch.no_grad(): val_f1 = change_metrics(y['val'].cpu(), mlp(x['val']).argmax(1).cpu())['f1']
         if val_f1 > best: best, best_epoch, best_state = val_f1, epoch + 1, {k: v.clone() for k, v in mlp.state_dict().items()}
     mlp.load_state_dict(best_state); mlp.eval()
-    with torch.no_grad(): preds = {k: mlp(v).argmax(1).cpu() for k, v in x.items()}
+    with torch.no_grad(): proba = {k: torch.softmax(mlp(v).float(), 1).cpu() for k, v in x.items()}
+    preds = {k: p.argmax(1) for k, p in proba.items()}
     return {'metrics': {k: change_metrics(labels[k].cpu(), p) for k, p in preds.items()}, 'best_epoch': best_epoch,
-            'predictions': preds}
+            'predictions': preds, 'proba': proba}
+
+# %% ../nbs/14_learner.ipynb #6eb7cf58
+def change_collapse(fitted: dict,        # a `train_change_classifier` output
+                    labels: torch.Tensor,  # (N,) the true change labels of `split`
+                    split: str = 'test', suffix: str = '') -> dict:
+    "`collapse_check` of the classifier on `split`, as row metrics: {'collapsed' (1.0 or 0.0), 'top_share', 'auc'} + `suffix`."
+    c = collapse_check(labels.cpu(), fitted['proba'][split], 'multi-class')
+    return {f'collapsed{suffix}': float(c['collapsed']), f'top_share{suffix}': c['top_share'], f'auc{suffix}': c['auc']}
+
+def require_no_change_collapse(claim: dict,          # a `claim_verdict` output (with its 'claim' sentence)
+                               results: list[dict],  # per-seed results of one profile
+                               rows: list,           # the classifier-read rows the claim rests on
+                              ) -> dict:
+    "The claim with a 'collapse' note; a row collapsed in some seed makes it 'not testable at this scale', a row saved without the flag reads 'not checked'."
+    seen = [(r['seed'], row, r['rows'][row]) for r in results for row in rows if row in r['rows']]
+    hits = [f"{row} collapsed in seed {seed} (one label for {v['top_share']:.0%} of the test pairs"
+            + (f", AUC {v['auc']:.3f})" if math.isfinite(v.get('auc', math.nan)) else ')') for seed, row, v in seen if v.get('collapsed', 0) >= 0.5]
+    unchecked = sorted({row for _, row, v in seen if 'collapsed' not in v})
+    note = ('; '.join(hits) if hits else f"not checked ({', '.join(unchecked)} saved without the flag)" if unchecked
+            else 'none collapsed' if seen else '')
+    if not hits or claim.get('verdict') in ('not run', 'not testable here'): return {**claim, 'collapse': note}
+    why = '; '.join(x for x in (claim.get('judged on', ''), *hits) if x)
+    return {**claim, 'verdict': SCALE_VERDICT, 'judged on': why, 'collapse': note}
+
+def collapse_summary(results: list[dict], row: str) -> str:
+    "The seeds whose change classifier collapsed on `row`: 'none', 'seeds 0, 2', or 'not checked' where a saved seed lacks the flag."
+    seen = [r for r in results if row in r['rows']]
+    if any('collapsed' not in r['rows'][row] for r in seen): return 'not checked'
+    hit = [str(r['seed']) for r in seen if r['rows'][row]['collapsed'] >= 0.5]
+    return f"seed{'s' * (len(hit) > 1)} {', '.join(hit)}" if hit else 'none'
 
 # %% ../nbs/14_learner.ipynb #4281d84e
 def split_training_patients(cohort,             # a `simulators.Cohort`
@@ -270,3 +335,46 @@ def majority_change_metrics(labels: dict) -> dict:
     "`change_metrics` of always predicting the most common label of `labels['train']`, for every split in `labels`."
     mode = int(torch.bincount(labels['train'].cpu(), minlength=3).argmax())
     return {k: change_metrics(v.cpu(), torch.full_like(v.cpu(), mode)) for k, v in labels.items()}
+
+# %% ../nbs/14_learner.ipynb #4eb379c4
+@torch.no_grad()
+def embed_all(model: HealthScoreModel, clips: torch.Tensor,   # (n_scans, T, 1, H, W) uint8
+              bs: int = 64) -> torch.Tensor:                   # (n_scans, D) float32 embeddings u
+    "The frozen encoder's embedding of every scan, in eval mode, `bs` clips at a time."
+    model.eval()
+    return torch.cat([model.embed(clips[i:i + bs]).float() for i in range(0, len(clips), bs)])
+
+def distance_profile(u: torch.Tensor,       # (N, D) embeddings of N scans
+                     scores: torch.Tensor,  # (N,) their normalised health scores
+                     bins=np.linspace(0, 1, 6)) -> dict:
+    "Cosine distance between scan embeddings: mean and sd per bin of |Δ score|, overall sd, and Spearman correlation with |Δ score|."
+    z = F.normalize(u.float(), dim=1); dist = (1 - z @ z.T).cpu().numpy(); ds = (scores[:, None] - scores[None]).abs().cpu().numpy()
+    iu = np.triu_indices(len(u), 1); dist, ds = dist[iu], ds[iu]
+    which = np.clip(np.digitize(ds, bins) - 1, 0, len(bins) - 2)
+    per_bin = lambda f: [float(f(dist[which == b])) if (which == b).any() else None for b in range(len(bins) - 1)]
+    return {'bins': list(map(float, bins)), 'mean': per_bin(np.mean), 'sd': per_bin(np.std),
+            'overall_sd': float(dist.std()), 'rank_corr': float(spearmanr(dist, ds).statistic)}
+
+# %% ../nbs/14_learner.ipynb #da16ffc6
+def too_small_labels(counts,            # test pairs per change label [improved, same, deteriorated]
+                     min_pairs: int = 10) -> list:
+    "The change labels with fewer than `min_pairs` test pairs: too small to judge."
+    return [c for c, n in zip(CHANGE_LABELS, counts) if n < min_pairs]
+
+def pairs_text(counts_by_seed: dict,    # {seed: [improved, same, deteriorated]} test pairs of one surrogate
+               min_pairs: int = 10) -> str:
+    "Test pairs per label over the seeds (min–max), and the labels too small to judge in some seed."
+    if not counts_by_seed: return 'not run'
+    lo_hi = [(min(n[j] for n in counts_by_seed.values()), max(n[j] for n in counts_by_seed.values())) for j in range(3)]
+    span = [f"{c} {lo}" + (f"–{hi}" if hi > lo else '') for c, (lo, hi) in zip(CHANGE_LABELS, lo_hi)]
+    small = [f"{c} (seed {seed})" for seed, n in counts_by_seed.items() for c in too_small_labels(n, min_pairs)]
+    return ', '.join(span) + (f"; too small to judge: {', '.join(small)}" if small else '')
+
+# %% ../nbs/14_learner.ipynb #09a0ac02
+def best_on_validation(results: list[dict],  # per-seed results whose provenance holds the classifier's 'val' metrics
+                       rows: list,           # the candidate rows
+                       metric: str = 'f1') -> str | None:
+    "The row of `rows` whose run has the highest mean validation `metric` over its seeds; None when none was saved with one."
+    means = {row: float(np.mean(v)) for row in rows
+             if (v := [r['provenance']['val'][metric] for r in results if row in r['rows'] and metric in r['provenance'].get('val', {})])}
+    return max(means, key=means.get) if means else None
