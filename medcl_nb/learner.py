@@ -346,7 +346,7 @@ def embed_all(model: HealthScoreModel, clips: torch.Tensor,   # (n_scans, T, 1, 
 
 def distance_profile(u: torch.Tensor,       # (N, D) embeddings of N scans
                      scores: torch.Tensor,  # (N,) their normalised health scores
-                     bins=np.linspace(0, 1, 6)) -> dict:
+                     bins: tuple = tuple(np.linspace(0, 1, 6))) -> dict:   # a tuple: show_doc compares defaults
     "Cosine distance between scan embeddings: mean and sd per bin of |Δ score|, overall sd, and Spearman correlation with |Δ score|."
     z = F.normalize(u.float(), dim=1); dist = (1 - z @ z.T).cpu().numpy(); ds = (scores[:, None] - scores[None]).abs().cpu().numpy()
     iu = np.triu_indices(len(u), 1); dist, ds = dist[iu], ds[iu]
