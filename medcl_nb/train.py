@@ -14,7 +14,8 @@ import torch
 from .core import get_device, atomic_open, update_run_status
 
 # %% auto #0
-__all__ = ['PROGRESS_MODES', 'SCHEDULER_INTERVALS', 'epoch_generator', 'batch_indices', 'autocast_context', 'needs_grad_scaler',
+__all__ = ['CPU_AUTOCAST_ENV', 'PROGRESS_MODES', 'SCHEDULER_INTERVALS', 'epoch_generator', 'batch_indices', 'set_cpu_autocast',
+           'cpu_autocast_enabled', 'cpu_autocast_setting', 'autocast_context', 'needs_grad_scaler',
            'NonFiniteLossError', 'check_finite_loss', 'resolve_progress_mode', 'Progress', 'capture_rng_state',
            'restore_rng_state', 'save_checkpoint', 'load_checkpoint', 'PlanMeasurement', 'measuring_plan',
            'plan_active', 'plan_epochs', 'plan_batches', 'add_epoch_end_cost', 'use_channels_last', 'to_channels_last',
@@ -37,13 +38,40 @@ def batch_indices(n: int, batch_size: int, shuffle: bool = True, drop_last: bool
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size): yield order[start:start + batch_size]
 
-# %% ../nbs/04_train.ipynb #a6adfd7e
+# %% ../nbs/04_train.ipynb #6e5dcd2a
+CPU_AUTOCAST_ENV = 'MEDCL_CPU_BF16'   # '0' or '1': overrides the profile's choice of bf16 autocast on the CPU
+_cpu_autocast = False                 # what `autocast_context(..., allow_cpu=None)` does on the CPU
+
+def set_cpu_autocast(on: bool) -> bool:
+    "Turn bf16 autocast on the CPU on or off for every `autocast_context` that leaves `allow_cpu` as None; return the previous setting."
+    global _cpu_autocast
+    previous, _cpu_autocast = _cpu_autocast, bool(on)
+    return previous
+
+def cpu_autocast_enabled() -> bool:
+    "Whether `autocast_context` on the CPU autocasts today (`set_cpu_autocast`)."
+    return _cpu_autocast
+
+def cpu_autocast_setting(profile: str, default: bool | None = None) -> bool:
+    """bf16 autocast on the CPU for a chapter's `profile`: `MEDCL_CPU_BF16` ('0' or '1') if set, else `default`, else on in
+    `reduced` and `full` (adopted after 15_benchmark's whole-pretraining check) and off in `smoke`. Raises ValueError on another value."""
+    raw = os.environ.get(CPU_AUTOCAST_ENV)
+    if raw is not None and raw.strip() != '':
+        if raw.strip() not in ('0', '1'):
+            raise ValueError(f"{CPU_AUTOCAST_ENV}={raw!r}: use 0 (fp32 on the CPU) or 1 (bf16 autocast on the CPU), or unset it")
+        return raw.strip() == '1'
+    if default is not None: return bool(default)
+    if profile not in ('smoke', 'reduced', 'full'): raise ValueError(f"profile must be smoke, reduced or full, not {profile!r}")
+    return profile != 'smoke'
+
+# %% ../nbs/04_train.ipynb #c442368e
 def autocast_context(device: str | torch.device, dtype: torch.dtype | None = torch.bfloat16,
-                     enabled: bool = True, allow_cpu: bool = False):
-    "`torch.autocast` to `dtype` on CUDA (on the CPU only with `allow_cpu`); a `nullcontext` otherwise or for fp32."
+                     enabled: bool = True, allow_cpu: bool | None = None):
+    "`torch.autocast` to `dtype` on CUDA, and on the CPU when `allow_cpu` (None: `set_cpu_autocast`'s setting); a `nullcontext` otherwise or for fp32."
     device = torch.device(device) if not isinstance(device, torch.device) else device
     if not enabled or dtype is None or dtype == torch.float32: return nullcontext()
-    if device.type == 'cuda' or (device.type == 'cpu' and allow_cpu): return torch.autocast(device.type, dtype=dtype)
+    cpu = _cpu_autocast if allow_cpu is None else allow_cpu
+    if device.type == 'cuda' or (device.type == 'cpu' and cpu): return torch.autocast(device.type, dtype=dtype)
     return nullcontext()
 
 # %% ../nbs/04_train.ipynb #19bc2175
@@ -312,9 +340,10 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
     if planning: checkpoint_path = None     # a plan trains a few steps: it neither resumes nor saves a checkpoint
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path) if checkpoint_io is None else checkpoint_io.load(checkpoint_path)
-        if state.get('epochs') != epochs or state.get('amp_dtype') != str(amp_dtype):
-            raise ValueError(f"{checkpoint_path} belongs to a run of {state.get('epochs')} epochs with {state.get('amp_dtype')}, "
-                             f"not {epochs} epochs with {amp_dtype}: delete it or use another checkpoint_path")
+        if state.get('epochs') != epochs or state.get('amp_dtype') != str(amp_dtype) or state.get('autocast', amp_on) != amp_on:
+            raise ValueError(f"{checkpoint_path} belongs to a run of {state.get('epochs')} epochs with {state.get('amp_dtype')} "
+                             f"(autocast {'on' if state.get('autocast', amp_on) else 'off'}), not {epochs} epochs with {amp_dtype} "
+                             f"(autocast {'on' if amp_on else 'off'}): delete it or use another checkpoint_path")
         if (scheduler is None) != (state['scheduler'] is None):
             raise ValueError(f"{checkpoint_path} was saved {'without' if state['scheduler'] is None else 'with'} a "
                              "scheduler; resume with the same setup or start from a new checkpoint_path")
@@ -374,7 +403,7 @@ def fit(model: torch.nn.Module, loss_fn, batches, epochs: int, optimizer: torch.
                     'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                     'scheduler': None if scheduler is None else scheduler.state_dict(),
                     'scheduler_interval': scheduler_interval, 'scaler': scaler.state_dict(),
-                    'amp_dtype': str(amp_dtype), 'history': history, 'rng': capture_rng_state()})
+                    'amp_dtype': str(amp_dtype), 'autocast': amp_on, 'history': history, 'rng': capture_rng_state()})
             shown = {'loss': record['loss'], 'lr': lr, 'epoch time': _format_seconds(seconds)}
             if 'samples_per_s' in record: shown['samples/s'] = round(record['samples_per_s'])
             reporter.update(1, **shown)
