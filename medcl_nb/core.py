@@ -262,14 +262,15 @@ def library_versions(names=LIBRARIES) -> dict:
     return out
 
 def git_state(path: str | Path | None = None) -> dict:
-    "The git commit at `path` (default: project root) and whether tracked files have uncommitted changes."
+    """The git commit at `path` (default: project root) and whether tracked files outside `figures/` have uncommitted
+    changes: `figures/` holds the runs' own outputs, so a run that saves its first part does not make the next one dirty."""
     path = Path(path or project_root())
     def git(*args):
         return subprocess.run(['git', '-C', str(path), *args], capture_output=True, text=True, timeout=30)
     try:
         head = git('rev-parse', 'HEAD')
         if head.returncode != 0: return {'git_commit': None, 'git_dirty': None}
-        dirty = git('status', '--porcelain', '--untracked-files=no')
+        dirty = git('status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)figures')
         return {'git_commit': head.stdout.strip(), 'git_dirty': bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {'git_commit': None, 'git_dirty': None}
