@@ -16,10 +16,11 @@ if TYPE_CHECKING: import torch   # for the annotations; numpy and torch are impo
 
 # %% auto #0
 __all__ = ['PROFILES', 'DEVICES', 'LIBRARIES', 'check_profile', 'by_profile', 'seed_everything', 'seeded_rng', 'get_device',
-           'device_name', 'project_root', 'data_dir', 'figures_dir', 'runs_dir', 'output_dir', 'committed_profiles',
-           'current_umask', 'NotWritable', 'atomic_open', 'atomic_write_text', 'atomic_write_bytes',
-           'atomic_write_json', 'run_status_path', 'write_run_status', 'update_run_status', 'read_run_status',
-           'clear_run_status', 'md5sum', 'library_versions', 'git_state', 'RunTimer', 'run_provenance']
+           'device_name', 'cpu_model', 'cpu_has_bf16', 'project_root', 'data_dir', 'figures_dir', 'runs_dir',
+           'output_dir', 'committed_profiles', 'current_umask', 'NotWritable', 'atomic_open', 'atomic_write_text',
+           'atomic_write_bytes', 'atomic_write_json', 'run_status_path', 'write_run_status', 'update_run_status',
+           'read_run_status', 'clear_run_status', 'md5sum', 'library_versions', 'git_state', 'RunTimer',
+           'run_provenance']
 
 # %% ../nbs/00_core.ipynb #0cb2d849
 PROFILES = ('smoke', 'reduced', 'full')   # from smallest to largest
@@ -94,6 +95,21 @@ def device_name(device: str | torch.device = 'auto') -> str:
     device = get_device(device)
     if device.type == 'cuda': return f"cuda: {torch.cuda.get_device_name(device)}"
     return f"cpu: {platform.machine()}, {os.cpu_count()} cores"
+
+def cpu_model() -> str:
+    "The CPU's model name (`/proc/cpuinfo`'s 'model name' on Linux, else `platform.processor()`), e.g. `'AMD EPYC'`; '' if unknown."
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    return platform.processor() or ''
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has oneDNN's fast bf16 kernels (AVX-512 or AMX: `torch.ops.mkldnn._is_mkldnn_bf16_supported`).
+    Without them (an AVX2-only CPU) bf16 autocast emulates bf16 and runs several times slower than fp32."""
+    import torch
+    try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError): return False
 
 # %% ../nbs/00_core.ipynb #393145f8
 def _is_project_root(p: Path) -> bool:
@@ -284,11 +300,12 @@ class RunTimer:
 
 def run_provenance(profile: str, seeds, device='auto', data_md5: dict | None = None,
                    wall_time_s: float | None = None, **extra) -> dict:
-    "Everything needed to trace a result: profile, seeds, git commit + dirty flag, device, versions, data md5s, wall time."
+    "Everything needed to trace a result: profile, seeds, git commit + dirty flag, device (and the CPU's model and bf16 kernels), versions, data md5s, wall time."
     return {'profile': check_profile(profile),
             'seeds': [int(s) for s in seeds],
             **git_state(),
             'device': device_name(device),
+            'cpu': {'model': cpu_model(), 'bf16_kernels': cpu_has_bf16()},   # machines of one kind differ in CPU (15_benchmark)
             'versions': library_versions(),
             'data_md5': dict(data_md5 or {}),
             'wall_time_s': None if wall_time_s is None else round(float(wall_time_s), 3),

@@ -14,8 +14,8 @@ from .train import measuring_plan
 
 # %% auto #0
 __all__ = ['ENCODER_LIMIT_BYTES', 'CHAPTER_ENCODERS_LIMIT_BYTES', 'checkpoint_path', 'part_seeds', 'PlanFinished', 'plan_path',
-           'plan_experiment', 'keep_plan', 'cost_table', 'show_cost', 'stale_results', 'run_experiment', 'encoder_path',
-           'keep_encoder', 'load_encoder']
+           'plan_experiment', 'keep_plan', 'cost_table', 'show_cost', 'stale_results', 'protocol_difference',
+           'run_experiment', 'encoder_path', 'keep_encoder', 'load_encoder']
 
 # %% ../nbs/05a_runner.ipynb #d791f60b
 def checkpoint_path(chapter: str, profile: str, part: str, seed: int, tag: str = '') -> Path | None:
@@ -128,6 +128,12 @@ def stale_results(chapter: str, profile: str, parts: dict, protocol: dict) -> li
     return [f"{r['part']} seed {r['seed']}" for r in load_results(chapter, profile)
             if r['part'] in parts and r['provenance'].get('protocol') != want]
 
+def protocol_difference(saved: dict, now: dict) -> str:
+    "'key: saved X, now Y' for every key where two recorded protocols differ (a key one lacks reads 'absent'), '; '-joined."
+    now = json.loads(json.dumps(now, default=list)); keys = sorted(set(saved) | set(now))
+    show = lambda d, k: repr(d[k]) if k in d else 'absent'
+    return '; '.join(f"{k}: saved {show(saved, k)}, now {show(now, k)}" for k in keys if saved.get(k, ...) != now.get(k, ...))
+
 def run_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, device='auto', protocol: dict | None = None,
                    data_md5=None, plan: bool = False, plan_steps: int = 3) -> list[dict]:
     "Run `run_one(part, seed) -> (rows, info)` for every part × seed not yet saved; return all saved results."
@@ -139,8 +145,11 @@ def run_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, devi
              + [(p, s) for s in seeds for p in parts if p not in selection])
     todo = [(part, s) for part, s in pairs if s in seeds_to_run(chapter, profile, [s], part=part)]
     if protocol is not None and profile != 'smoke' and (stale := stale_results(chapter, profile, parts, protocol)):
+        first = next(r for r in load_results(chapter, profile) if f"{r['part']} seed {r['seed']}" == stale[0])
+        diff = protocol_difference(first['provenance'].get('protocol') or {}, protocol)
+        hint = (" (cpu_bf16 follows the CPU: set MEDCL_CPU_BF16=0 or 1 to match the saved parts)" if 'cpu_bf16' in diff else '')
         raise ValueError(f"{len(stale)} saved result(s) of {chapter} ({profile}) were made under another protocol than the "
-                         f"notebook's (first: {stale[0]}): rerun them by removing {results_dir(chapter, profile)} "
+                         f"notebook's (first: {stale[0]}; {diff}){hint}: rerun them by removing {results_dir(chapter, profile)} "
                          "(git keeps the old run), or restore the parameters they were made with")
     kept = keep_plan(chapter, profile) if todo else None
     print(f"{chapter} ({profile}): {len(parts)} part(s) × {len(seeds)} seed(s)"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import get_device, atomic_open, update_run_status
+from .core import get_device, atomic_open, update_run_status, cpu_has_bf16
 
 # %% auto #0
 __all__ = ['CPU_AUTOCAST_ENV', 'PROGRESS_MODES', 'SCHEDULER_INTERVALS', 'epoch_generator', 'batch_indices', 'set_cpu_autocast',
@@ -54,7 +54,8 @@ def cpu_autocast_enabled() -> bool:
 
 def cpu_autocast_setting(profile: str, default: bool | None = None) -> bool:
     """bf16 autocast on the CPU for a chapter's `profile`: `MEDCL_CPU_BF16` ('0' or '1') if set, else `default`, else on in
-    `reduced` and `full` (adopted after 15_benchmark's whole-pretraining check) and off in `smoke`. Raises ValueError on another value."""
+    `reduced` and `full` where the CPU has bf16 kernels (`cpu_has_bf16`; adopted after 15_benchmark's whole-pretraining
+    check) and off in `smoke` or without them. Raises ValueError on another value."""
     raw = os.environ.get(CPU_AUTOCAST_ENV)
     if raw is not None and raw.strip() != '':
         if raw.strip() not in ('0', '1'):
@@ -62,7 +63,7 @@ def cpu_autocast_setting(profile: str, default: bool | None = None) -> bool:
         return raw.strip() == '1'
     if default is not None: return bool(default)
     if profile not in ('smoke', 'reduced', 'full'): raise ValueError(f"profile must be smoke, reduced or full, not {profile!r}")
-    return profile != 'smoke'
+    return profile != 'smoke' and cpu_has_bf16()
 
 # %% ../nbs/04_train.ipynb #c442368e
 def autocast_context(device: str | torch.device, dtype: torch.dtype | None = torch.bfloat16,

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from medcl_nb.report import claim_verdict
+import medcl_nb.train as train
+from medcl_nb.core import cpu_has_bf16
 from medcl_nb.train import CPU_AUTOCAST_ENV, cpu_autocast_setting
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,8 +31,20 @@ def test_profile_default_follows_the_committed_check(monkeypatch):
     results, rule, meets = committed_check()
     assert len(results) == len(rule['seeds']) >= 3, 'the check is paired over at least three seeds'
     assert {r['profile'] for r in results} == {'reduced'} and len({r['provenance']['git_commit'] for r in results}) == 1
-    assert cpu_autocast_setting('reduced') == cpu_autocast_setting('full') == meets
+    assert cpu_autocast_setting('reduced') == cpu_autocast_setting('full') == (meets and cpu_has_bf16())
     assert cpu_autocast_setting('smoke') is False
+    assert {r['provenance'].get('cpu', {}).get('bf16_kernels', True) for r in results} == {True}, \
+        'the check was made on a CPU with bf16 kernels (older results name no CPU)'
+
+
+@pytest.mark.parametrize('kernels', [True, False])
+def test_profile_default_needs_bf16_kernels(monkeypatch, kernels):
+    "Without oneDNN's bf16 kernels (an AVX2-only CPU) bf16 runs many times slower than fp32: reduced and full stay fp32."
+    monkeypatch.delenv(CPU_AUTOCAST_ENV, raising=False)
+    monkeypatch.setattr(train, 'cpu_has_bf16', lambda: kernels)
+    assert cpu_autocast_setting('smoke') is False
+    assert cpu_autocast_setting('reduced') is cpu_autocast_setting('full') is kernels
+    monkeypatch.setenv(CPU_AUTOCAST_ENV, '1'); assert cpu_autocast_setting('reduced') is True   # the switch still wins
 
 
 def test_switch_overrides_the_profile(monkeypatch):
