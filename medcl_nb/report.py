@@ -426,6 +426,18 @@ def _record_link(root: Path, chapter: str, profile: str) -> str:
     if (folder/f'{chapter}.ipynb').is_file(): return f'[{chapter}.ipynb](figures/{chapter}/{profile}/{chapter}.ipynb)'
     return 'pending' if (folder/'RECORD_PENDING').exists() else ''
 
+def _run_under_way(root: Path, chapter: str) -> tuple[str, str, int] | None:
+    "(profile, status, seeds) of a chapter's unfinished run (`RECORD_PENDING` beside saved results), counted against its kept plan; None without one."
+    for profile in reversed(PROFILES[1:]):   # full before reduced
+        folder = root/'figures'/chapter/profile
+        saved = sorted((folder/'results').glob('seed*.json')) if (folder/'RECORD_PENDING').exists() else []
+        if not saved: continue
+        plan = folder/'plan.json'
+        total = sum(l['n_seeds'] for l in json.loads(plan.read_text(encoding='utf-8'))['parts']) if plan.is_file() else None
+        seeds = {int(re.match(r'seed(\d+)', s.name).group(1)) for s in saved}
+        return profile, f"{profile} run under way: {len(saved)}" + (f" of {total}" if total else '') + ' (part, seed) runs saved', len(seeds)
+    return None
+
 def book_overview(root: str | Path | None = None, planned: dict | None = None) -> str:
     "Markdown table of every chapter's largest committed profile (`figures/*/<profile>/summary.json`), plus a line for each `planned` chapter without one."
     root = Path(root) if root else project_root()
@@ -439,9 +451,12 @@ def book_overview(root: str | Path | None = None, planned: dict | None = None) -
               'paper': s['headline']['paper'], 'ours': s['headline']['ours'], 'Δ': s['headline']['delta'],
               'status': s['status'], 'executed record': _record_link(root, s['chapter'], s['profile'])} for s in summaries]
     done = {s['chapter'] for s in summaries}
-    lines += [{'chapter': chapter, 'compared with': source, 'data': data, 'profile': '', 'seeds': 0, 'device': '',
-               'headline': '', 'paper': '', 'ours': '', 'Δ': '', 'status': 'smoke-tested; not run in reduced or full yet', 'executed record': ''}
-              for chapter, (source, data) in (planned or {}).items() if chapter not in done]
+    for chapter, (source, data) in (planned or {}).items():
+        if chapter in done: continue
+        profile, status, seeds = _run_under_way(root, chapter) or ('', 'smoke-tested; not run in reduced or full yet', 0)
+        lines.append({'chapter': chapter, 'compared with': source, 'data': data, 'profile': profile, 'seeds': seeds, 'device': '',
+                      'headline': '', 'paper': '', 'ours': '', 'Δ': '', 'status': status,
+                      'executed record': _record_link(root, chapter, profile) if profile else ''})
     if not lines: return '_No reduced or full results are committed yet: run `medcl reproduce --profile reduced`._\n'
     return markdown_table(pd.DataFrame(lines))
 
