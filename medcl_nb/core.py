@@ -104,9 +104,16 @@ def cpu_model() -> str:
     except OSError: pass
     return platform.processor() or ''
 
+def _cpu_capability() -> str:
+    "The vector instruction set ATen dispatches to here ('AVX2', 'AVX512', ...; `torch.backends.cpu.get_cpu_capability`)."
+    import torch
+    try: return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError): return ''
+
 def cpu_has_bf16() -> bool:
-    """Whether this CPU has oneDNN's fast bf16 kernels (AVX-512 or AMX: `torch.ops.mkldnn._is_mkldnn_bf16_supported`).
-    Without them (an AVX2-only CPU) bf16 autocast emulates bf16 and runs several times slower than fp32."""
+    """Whether oneDNN offers bf16 kernels on this CPU (`torch.ops.mkldnn._is_mkldnn_bf16_supported`: true on AVX-512
+    CPUs, natively fast with AVX-512 BF16 or AMX). Without them (an AVX2-only CPU) bf16 autocast runs many times slower
+    than fp32. A yes is not a speed-up by itself: 15_benchmark measures that on the machine at hand."""
     import torch
     try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError): return False
@@ -305,7 +312,7 @@ def run_provenance(profile: str, seeds, device='auto', data_md5: dict | None = N
             'seeds': [int(s) for s in seeds],
             **git_state(),
             'device': device_name(device),
-            'cpu': {'model': cpu_model(), 'bf16_kernels': cpu_has_bf16()},   # machines of one kind differ in CPU (15_benchmark)
+            'cpu': {'model': cpu_model(), 'capability': _cpu_capability(), 'bf16_kernels': cpu_has_bf16()},   # machines of one kind differ (15_benchmark)
             'versions': library_versions(),
             'data_md5': dict(data_md5 or {}),
             'wall_time_s': None if wall_time_s is None else round(float(wall_time_s), 3),

@@ -426,16 +426,22 @@ def _record_link(root: Path, chapter: str, profile: str) -> str:
     if (folder/f'{chapter}.ipynb').is_file(): return f'[{chapter}.ipynb](figures/{chapter}/{profile}/{chapter}.ipynb)'
     return 'pending' if (folder/'RECORD_PENDING').exists() else ''
 
+def _kept_plan_parts(folder: Path) -> dict | None:
+    "{part: seeds planned} from a run's kept `plan.json`, or None if there is none or it cannot be read."
+    try: return {l['part']: int(l['n_seeds']) for l in json.loads((folder/'plan.json').read_text(encoding='utf-8'))['parts']}
+    except (OSError, ValueError, KeyError, TypeError): return None
+
 def _run_under_way(root: Path, chapter: str) -> tuple[str, str, int] | None:
-    "(profile, status, seeds) of a chapter's unfinished run (`RECORD_PENDING` beside saved results), counted against its kept plan; None without one."
-    for profile in reversed(PROFILES[1:]):   # full before reduced
+    "(profile, status, seeds) of a chapter's saved parts without a summary (full before reduced), counted against its kept plan; None without any."
+    for profile in reversed(PROFILES[1:]):
         folder = root/'figures'/chapter/profile
-        saved = sorted((folder/'results').glob('seed*.json')) if (folder/'RECORD_PENDING').exists() else []
-        if not saved: continue
-        plan = folder/'plan.json'
-        total = sum(l['n_seeds'] for l in json.loads(plan.read_text(encoding='utf-8'))['parts']) if plan.is_file() else None
-        seeds = {int(re.match(r'seed(\d+)', s.name).group(1)) for s in saved}
-        return profile, f"{profile} run under way: {len(saved)}" + (f" of {total}" if total else '') + ' (part, seed) runs saved', len(seeds)
+        names = [m for p in sorted((folder/'results').glob('seed*.json')) if (m := re.fullmatch(r'seed(\d+)(?:-([A-Za-z0-9_]+))?\.json', p.name))]
+        if not names: continue
+        plan = _kept_plan_parts(folder)
+        saved = [m for m in names if plan is None or m.group(2) in plan]   # parts the plan does not name are not counted against it
+        state = 'run under way' if (folder/'RECORD_PENDING').exists() else 'parts saved, not rendered yet'
+        return (profile, f"{profile} {state}: {len(saved)}" + (f" of {sum(plan.values())}" if plan else '') + ' (part, seed) runs saved',
+                len({int(m.group(1)) for m in saved}))
     return None
 
 def book_overview(root: str | Path | None = None, planned: dict | None = None) -> str:

@@ -146,8 +146,10 @@ def run_experiment(chapter: str, profile: str, seeds, parts: dict, run_one, devi
     todo = [(part, s) for part, s in pairs if s in seeds_to_run(chapter, profile, [s], part=part)]
     if protocol is not None and profile != 'smoke' and (stale := stale_results(chapter, profile, parts, protocol)):
         first = next(r for r in load_results(chapter, profile) if f"{r['part']} seed {r['seed']}" == stale[0])
-        diff = protocol_difference(first['provenance'].get('protocol') or {}, protocol)
-        hint = (" (cpu_bf16 follows the CPU: set MEDCL_CPU_BF16=0 or 1 to match the saved parts)" if 'cpu_bf16' in diff else '')
+        saved = first['provenance'].get('protocol') or {}
+        diff = protocol_difference(saved, protocol)
+        bf16_differs = saved.get('cpu_bf16', ...) != json.loads(json.dumps(protocol, default=list)).get('cpu_bf16', ...)
+        hint = " (cpu_bf16 follows the CPU: set MEDCL_CPU_BF16=0 or 1 to match the saved parts)" if bf16_differs else ''
         raise ValueError(f"{len(stale)} saved result(s) of {chapter} ({profile}) were made under another protocol than the "
                          f"notebook's (first: {stale[0]}; {diff}){hint}: rerun them by removing {results_dir(chapter, profile)} "
                          "(git keeps the old run), or restore the parameters they were made with")
