@@ -16,11 +16,11 @@ from .core import (PROFILES, atomic_write_bytes, atomic_write_json, atomic_write
                            project_root)
 
 # %% auto #0
-__all__ = ['DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'LEARNING_DATA_COLUMNS', 'SMOKE_FIGURE_NOTE', 'VERDICTS',
-           'LEARNING_VERDICTS', 'SCALE_VERDICT', 'ALL_VERDICTS', 'LEDGER_PROFILES', 'VERDICT_MEANINGS', 'BOOK_PAPERS',
-           'LEDGER_PAGE', 'PaperRegistry', 'results_dir', 'save_seed_result', 'finished_seeds', 'seeds_to_run',
-           'load_results', 'mean_sd', 'format_mean_sd', 'comparison_table', 'markdown_table', 'write_table',
-           'table_markdown', 'show_table', 'mark_smoke', 'save_figure', 't_interval', 'claim_verdict',
+__all__ = ['RESULT_FILE', 'DISPLAY_COLUMNS', 'CLAIM_COLUMNS', 'CLAIM_DATA_COLUMNS', 'LEARNING_DATA_COLUMNS', 'SMOKE_FIGURE_NOTE',
+           'VERDICTS', 'LEARNING_VERDICTS', 'SCALE_VERDICT', 'ALL_VERDICTS', 'LEDGER_PROFILES', 'VERDICT_MEANINGS',
+           'BOOK_PAPERS', 'LEDGER_PAGE', 'PaperRegistry', 'results_dir', 'save_seed_result', 'finished_seeds',
+           'seeds_to_run', 'load_results', 'mean_sd', 'format_mean_sd', 'comparison_table', 'markdown_table',
+           'write_table', 'table_markdown', 'show_table', 'mark_smoke', 'save_figure', 't_interval', 'claim_verdict',
            'format_interval', 'claims_table', 'claims_markdown', 'show_claims', 'claims_reading', 'against_baselines',
            'learning_check', 'require_learning', 'require_no_collapse', 'require_above_majority', 'write_summary',
            'book_overview', 'committed_claims', 'claims_ledger', 'verdict_summary', 'ledger_page', 'learning_overview',
@@ -88,12 +88,14 @@ def seeds_to_run(chapter: str, profile: str, seeds, part: str | None = None) -> 
     done = set(finished_seeds(chapter, profile, part))
     return [s for s in seeds if s not in done]
 
+RESULT_FILE = re.compile(r'seed(\d+)(?:-([A-Za-z0-9_]+))?\.json')   # a saved result's name: seed, then the part if any
+
 def load_results(chapter: str, profile: str, seeds=None) -> list[dict]:
     "The saved per-seed results, parts included (all, or those of `seeds`), checked to belong to `chapter` and `profile`."
     out, d = [], results_dir(chapter, profile)
     wanted = None if seeds is None else {int(x) for x in seeds}
     for p in sorted(d.glob('seed*.json')) if d.is_dir() else []:
-        m = re.fullmatch(r'seed(\d+)(?:-([A-Za-z0-9_]+))?\.json', p.name)
+        m = RESULT_FILE.fullmatch(p.name)
         if not m or (wanted is not None and int(m.group(1)) not in wanted): continue
         r = json.loads(p.read_text(encoding='utf-8'))
         if r.get('chapter') != chapter or r.get('profile') != profile or r.get('seed') != int(m.group(1)) \
@@ -435,7 +437,7 @@ def _run_under_way(root: Path, chapter: str) -> tuple[str, str, int] | None:
     "(profile, status, seeds) of a chapter's saved parts without a summary (full before reduced), counted against its kept plan; None without any."
     for profile in reversed(PROFILES[1:]):
         folder = root/'figures'/chapter/profile
-        names = [m for p in sorted((folder/'results').glob('seed*.json')) if (m := re.fullmatch(r'seed(\d+)(?:-([A-Za-z0-9_]+))?\.json', p.name))]
+        names = [m for p in sorted((folder/'results').glob('seed*.json')) if (m := RESULT_FILE.fullmatch(p.name))]
         if not names: continue
         plan = _kept_plan_parts(folder)
         saved = [m for m in names if plan is None or m.group(2) in plan]   # parts the plan does not name are not counted against it
