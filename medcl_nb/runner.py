@@ -15,7 +15,7 @@ from .train import measuring_plan
 # %% auto #0
 __all__ = ['ENCODER_LIMIT_BYTES', 'CHAPTER_ENCODERS_LIMIT_BYTES', 'checkpoint_path', 'part_seeds', 'PlanFinished', 'plan_path',
            'plan_experiment', 'keep_plan', 'cost_table', 'show_cost', 'stale_results', 'protocol_difference',
-           'run_experiment', 'encoder_path', 'keep_encoder', 'load_encoder']
+           'run_experiment', 'encoder_path', 'keep_encoder', 'load_encoder', 'committed_encoder']
 
 # %% ../nbs/05a_runner.ipynb #d791f60b
 def checkpoint_path(chapter: str, profile: str, part: str, seed: int, tag: str = '') -> Path | None:
@@ -218,3 +218,12 @@ def load_encoder(module, chapter: str, part: str, seed: int = 0, profile: str | 
     state = torch.load(path, map_location='cpu')
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return module
+
+# %% ../nbs/05a_runner.ipynb #c0e1a2b4
+def committed_encoder(module, chapter: str, part: str, profile: str, seed: int = 0, device=None):
+    """`load_encoder` of (`chapter`, `part`, `seed`) into `module`, moved to `device` if given; read from `profile`'s results,
+    or from the largest committed profile when `profile` is 'smoke'. None, with the reason printed, when none is committed."""
+    try: module = load_encoder(module, chapter, part, seed, None if check_profile(profile) == 'smoke' else profile)
+    except FileNotFoundError as e:
+        print(e); return None
+    return module if device is None else module.to(device)
